@@ -1,0 +1,44 @@
+# ncalab: `make train` runs the quickstart, `make test` runs the test suite; both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is pinned to the build this project is tested with; it is installed before the package.
+TORCH := torch==2.14.1 torchvision==0.29.1
+PIP_QUIET := --quiet --disable-pip-version-check
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test lint format clean targets
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install ncalab (editable, with the dev extra); no-op when done
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+	$(PY) -m pip install $(PIP_QUIET) $(TORCH)
+	$(PY) -m pip install $(PIP_QUIET) -e ".[dev]"
+	touch $(STAMP)
+
+train: install ## train the quickstart (small built-in target, < 10 min on a 2-core CPU)
+	$(PY) train.py experiment=quickstart $(ARGS)
+
+test: install ## run the test suite
+	$(PY) -m pytest $(ARGS)
+
+lint: install ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+targets: install ## redraw the built-in target images
+	$(PY) -m ncalab.targets.draw
+
+clean: ## remove caches and the virtual environment (keeps outputs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,97 @@
+"""Validation of the composed config: a wrong type or an impossible value stops the run naming the key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ncalab.data import MODES
+from ncalab.errors import ConfigError
+from ncalab.lit_module import GRAD_MODES
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, int | float)) and not isinstance(v, bool)
+
+
+# key -> (check, what would be accepted)
+Rule = tuple[Callable[[Any], bool], str]
+RULES: dict[str, Rule] = {
+    "seed": (_is_int, "an integer"),
+    "compile": (lambda v: isinstance(v, bool), "true or false"),
+    "ckpt_path": (lambda v: v is None or isinstance(v, str), "null or a path to a .ckpt file"),
+    "model.channels": (lambda v: _is_int(v) and v >= 4, "an integer >= 4 (RGBA + hidden channels)"),
+    "model.hidden": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "model.fire_rate": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "model.alive_threshold": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "rollout.min_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "rollout.max_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "rollout.backprop_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "data.target": (lambda v: isinstance(v, str) and v != "", "a built-in target name or an image path"),
+    "data.target_size": (lambda v: _is_int(v) and v >= 4, "an integer >= 4"),
+    "data.padding": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "data.allow_upscale": (lambda v: isinstance(v, bool), "true or false"),
+    "data.pool_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "data.batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "data.mode": (lambda v: v in MODES, " | ".join(MODES)),
+    "data.damage_n": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "data.steps_per_epoch": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "optim.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "optim.gamma": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "optim.milestones": (
+        lambda v: isinstance(v, list | tuple) and all(_is_int(m) and m >= 0 for m in v),
+        "a list of step numbers, e.g. [2000]",
+    ),
+    "optim.betas": (
+        lambda v: (
+            isinstance(v, list | tuple) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)
+        ),
+        "two numbers in [0, 1), e.g. [0.9, 0.999]",
+    ),
+    "grad.mode": (lambda v: v in GRAD_MODES, " | ".join(GRAD_MODES)),
+    "grad.max_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "trainer.max_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first key that is missing, of the wrong type or out of range."""
+    if "perception" not in cfg or "_target_" not in cfg.perception:
+        raise ConfigError("perception: no perception selected; choose one with perception=<name>")
+    values = {}
+    for key, (check, accepted) in RULES.items():
+        value = OmegaConf.select(cfg, key, default="<missing>", throw_on_missing=False)
+        if isinstance(value, DictConfig | list) or OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        if value == "<missing>":
+            raise ConfigError(f"{key} is missing from the config; expected {accepted}")
+        if not check(value):
+            raise ConfigError(f"{key}={value!r} is not valid; expected {accepted}")
+        values[key] = value
+    if values["rollout.min_steps"] > values["rollout.max_steps"]:
+        raise ConfigError(
+            f"rollout.min_steps={values['rollout.min_steps']} is above rollout.max_steps="
+            f"{values['rollout.max_steps']}; min_steps must be <= max_steps"
+        )
+    if values["data.batch_size"] > values["data.pool_size"] and values["data.mode"] != "growing":
+        raise ConfigError(
+            f"data.batch_size={values['data.batch_size']} is above data.pool_size={values['data.pool_size']}; "
+            "a batch is drawn from the pool without replacement"
+        )
+    if values["data.mode"] == "regenerating" and values["data.damage_n"] >= values["data.batch_size"]:
+        raise ConfigError(
+            f"data.damage_n={values['data.damage_n']} must be below data.batch_size={values['data.batch_size']} "
+            "(one sample of each batch is reseeded, at most the rest are damaged)"
+        )
+    perception_channels = OmegaConf.select(cfg, "perception.channels")
+    if perception_channels != values["model.channels"]:
+        raise ConfigError(
+            f"perception.channels={perception_channels} differs from model.channels={values['model.channels']}; "
+            "leave perception.channels at its default ${model.channels}"
+        )

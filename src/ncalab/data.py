@@ -1,0 +1,235 @@
+"""Targets (load, fit, premultiply, pad) and the sample pool that the training draws its batches from."""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, IterableDataset
+
+from ncalab.errors import TargetError
+from ncalab.nca import ALPHA, seed_state
+
+MODES = ("growing", "persistent", "regenerating")
+
+
+def builtin_targets() -> list[str]:
+    """Names of the targets shipped in ``ncalab/targets``."""
+    folder = resources.files("ncalab.targets")
+    return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".png"))
+
+
+def resolve_target(target: str) -> Path:
+    """A built-in name or a path to an image file."""
+    if target in builtin_targets():
+        return Path(str(resources.files("ncalab.targets") / f"{target}.png"))
+    path = Path(target).expanduser()
+    if not path.exists():
+        raise TargetError(
+            f"data.target={target!r}: no such file, and not a built-in target "
+            f"(built-ins: {', '.join(builtin_targets())}; or give a path to a PNG/JPEG/... image)"
+        )
+    if not path.is_file():
+        raise TargetError(f"data.target={target!r} is a directory, not an image file")
+    return path
+
+
+def load_target(target: str, size: int = 40, padding: int = 16, allow_upscale: bool = False) -> torch.Tensor:
+    """Load ``target`` as premultiplied RGBA ``4 x H x W`` in [0, 1].
+
+    The image is fitted into ``size`` x ``size`` keeping its aspect ratio (an image without alpha is fully opaque),
+    then padded by ``padding`` empty cells on every side.
+    """
+    path = resolve_target(target)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            image = im.convert("RGBA")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise TargetError(f"data.target={str(path)!r} is not an image Pillow can read ({exc})") from exc
+    w, h = image.size
+    scale = size / max(w, h)
+    if scale > 1.0 and not allow_upscale:
+        raise TargetError(
+            f"data.target={str(path)!r} is {w}x{h} px, smaller than data.target_size={size}; "
+            f"use data.target_size<={max(w, h)} or data.allow_upscale=true"
+        )
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.Resampling.LANCZOS)
+    rgba = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    if rgba[ALPHA].max() <= 0.1:
+        raise TargetError(f"data.target={str(path)!r} is fully transparent: there is nothing to grow")
+    rgba[:3] *= rgba[ALPHA : ALPHA + 1]
+    # Centre the fitted image in a size x size square, then pad.
+    pad_w, pad_h = size - new_w, size - new_h
+    return F.pad(
+        rgba,
+        (
+            pad_w // 2 + padding,
+            pad_w - pad_w // 2 + padding,
+            pad_h // 2 + padding,
+            pad_h - pad_h // 2 + padding,
+        ),
+    )
+
+
+def circle_damage(
+    x: torch.Tensor, generator: torch.Generator | None = None, radius=(0.1, 0.4)
+) -> torch.Tensor:
+    """Zero a random disc in each sample (Distill: centre in the middle half, radius 0.1-0.4 of the grid)."""
+    b, _, h, w = x.shape
+    g = dict(generator=generator) if generator is not None else {}
+    centre = torch.rand(b, 2, 1, 1, **g) - 0.5
+    r = radius[0] + (radius[1] - radius[0]) * torch.rand(b, 1, 1, **g)
+    ys = torch.linspace(-1.0, 1.0, h).view(1, h, 1)
+    xs = torch.linspace(-1.0, 1.0, w).view(1, 1, w)
+    hole = ((xs - centre[:, 0]) ** 2 + (ys - centre[:, 1]) ** 2) < r**2
+    return x * (~hole).unsqueeze(1).to(x.device, x.dtype)
+
+
+def per_sample_loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of the RGBA channels against the target, one value per sample."""
+    return ((x[:, : ALPHA + 1] - target) ** 2).mean(dim=(1, 2, 3))
+
+
+class SamplePool:
+    """A tensor of states that training samples from and writes back to (Distill's sample pool)."""
+
+    def __init__(self, seed: torch.Tensor, size: int):
+        self.seed = seed  # C x H x W
+        self.states = seed.unsqueeze(0).repeat(size, 1, 1, 1)
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Indices of ``batch_size`` distinct samples."""
+        return torch.randperm(len(self), generator=generator)[:batch_size]
+
+    def batch(
+        self,
+        idx: torch.Tensor,
+        target: torch.Tensor,
+        damage_n: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """States at ``idx`` sorted by loss (worst first); the worst is replaced by the seed and the
+        ``damage_n`` best get a circular hole. Returns ``(idx, states)`` in the new order."""
+        x = self.states[idx].clone()
+        order = per_sample_loss(x, target).argsort(descending=True)
+        idx, x = idx[order], x[order]
+        x[0] = self.seed
+        if damage_n > 0:
+            n = min(damage_n, len(idx) - 1)
+            x[-n:] = circle_damage(x[-n:], generator)
+        return idx, x
+
+    def write_back(self, idx: torch.Tensor, x: torch.Tensor) -> None:
+        self.states[idx.cpu()] = x.detach().to(self.states.device, self.states.dtype)
+
+
+class _IndexStream(IterableDataset):
+    """Yields pool indices forever; the states are gathered at step time so that write-backs are always seen
+    (Lightning fetches one batch ahead)."""
+
+    def __init__(self, datamodule: NCADataModule, length: int):
+        self.datamodule = datamodule
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        for _ in range(self.length):
+            yield self.datamodule.sample_indices()
+
+
+class NCADataModule(L.LightningDataModule):
+    """Supplies the padded target and owns the sample pool (a plain tensor, saved in checkpoints)."""
+
+    def __init__(
+        self,
+        target: str = "flower",
+        target_size: int = 40,
+        padding: int = 16,
+        allow_upscale: bool = False,
+        channels: int = 16,
+        pool_size: int = 1024,
+        batch_size: int = 8,
+        mode: str = "regenerating",
+        damage_n: int = 3,
+        steps_per_epoch: int = 100,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"data.mode={mode!r}; accepted: {', '.join(MODES)}")
+        self.target_name = target
+        self.channels = channels
+        self.pool_size = pool_size
+        self.batch_size = batch_size
+        self.mode = mode
+        self.damage_n = damage_n if mode == "regenerating" else 0
+        self.steps_per_epoch = steps_per_epoch
+        self.target = load_target(target, target_size, padding, allow_upscale)
+        _, self.height, self.width = self.target.shape
+        self.generator = torch.Generator().manual_seed(seed)
+        seed_cell = seed_state(1, channels, self.height, self.width)[0]
+        self.pool = SamplePool(seed_cell, pool_size if mode != "growing" else batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        # No workers: the pool must stay one tensor in this process.
+        return DataLoader(_IndexStream(self, self.steps_per_epoch), batch_size=None, num_workers=0)
+
+    def sample_indices(self) -> torch.Tensor:
+        return self.pool.sample(self.batch_size, self.generator)
+
+    def make_batch(self, idx: torch.Tensor, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx, states)`` for one training step, on ``device``."""
+        idx = idx.cpu()
+        if self.mode == "growing":
+            x = self.pool.seed.unsqueeze(0).repeat(len(idx), 1, 1, 1)
+        else:
+            idx, x = self.pool.batch(idx, self.target, self.damage_n, self.generator)
+        return idx, x.to(device)
+
+    def write_back(self, idx: torch.Tensor, x: torch.Tensor) -> None:
+        if self.mode != "growing":
+            self.pool.write_back(idx, x)
+
+    def state_dict(self) -> dict:
+        return {
+            "pool": self.pool.states,
+            "generator": self.generator.get_state(),
+            "shape": [self.pool_size, self.channels, self.height, self.width],
+            "mode": self.mode,
+            "target": self.target_name,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        pool = state["pool"]
+        if tuple(pool.shape) != tuple(self.pool.states.shape):
+            raise ValueError(
+                f"the checkpoint's pool has shape {tuple(pool.shape)} but this run's is "
+                f"{tuple(self.pool.states.shape)} (data.pool_size, model.channels, target grid); "
+                "resume with the settings the checkpoint was trained with"
+            )
+        self.pool.states = pool.clone()
+        self.generator.set_state(state["generator"])
+
+
+def grid_size(target: torch.Tensor) -> tuple[int, int]:
+    return int(target.shape[-2]), int(target.shape[-1])
+
+
+def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
+    mse = float(((image - reference) ** 2).mean())
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)

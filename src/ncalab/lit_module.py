@@ -1,0 +1,109 @@
+"""LightningModule: rollout from pool states, RGBA loss, Adam with a step schedule, gradient normalisation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from ncalab.data import NCADataModule, per_sample_loss
+from ncalab.nca import NCA
+
+GRAD_MODES = ("off", "normalize", "clip")
+
+
+class NCALitModule(L.LightningModule):
+    """Trains an :class:`NCA` to grow (and hold, and regrow) the DataModule's target.
+
+    ``config`` is the run's resolved config as a plain dict; it is saved in checkpoints so that a model can be
+    rebuilt from its checkpoint alone (see :func:`ncalab.checkpoint.load_nca`).
+    """
+
+    def __init__(
+        self,
+        nca: NCA,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        milestones: tuple[int, ...] = (2000,),
+        gamma: float = 0.1,
+        grad_mode: str = "normalize",
+        grad_max_norm: float = 1.0,
+        min_steps: int = 64,
+        max_steps: int = 96,
+        backprop_steps: int | None = None,
+        compile: bool = False,
+        seed: int = 0,
+        config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if grad_mode not in GRAD_MODES:
+            raise ValueError(f"grad_mode={grad_mode!r}; accepted: {', '.join(GRAD_MODES)}")
+        self.save_hyperparameters({"config": config or {}})
+        self.nca = nca
+        self.lr = lr
+        self.betas = tuple(betas)
+        self.milestones = list(milestones)
+        self.gamma = gamma
+        self.grad_mode = grad_mode
+        self.grad_max_norm = grad_max_norm
+        self.min_steps = min_steps
+        self.max_steps = max_steps
+        self.backprop_steps = backprop_steps
+        self.compile = compile
+        # Rollout lengths come from their own generator so that a seeded run is reproducible.
+        self.step_generator = torch.Generator().manual_seed(seed)
+        self.last_loss = math.nan
+
+    def setup(self, stage: str) -> None:
+        if self.compile:
+            self.nca.compile_step()
+
+    @property
+    def datamodule(self) -> NCADataModule:
+        return self.trainer.datamodule
+
+    def rollout_steps(self) -> int:
+        return int(torch.randint(self.min_steps, self.max_steps + 1, (1,), generator=self.step_generator))
+
+    def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        dm = self.datamodule
+        idx, x = dm.make_batch(idx, self.device)
+        target = dm.target.to(self.device, x.dtype)
+        x = self.nca.rollout(x, self.rollout_steps(), self.backprop_steps)
+        losses = per_sample_loss(x, target)
+        loss = losses.mean()
+        dm.write_back(idx, x)
+        self.last_loss = float(loss.detach())
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/log10_loss", torch.log10(loss.detach()))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self.log("train/grad_norm", norm)
+        if self.grad_mode == "normalize":
+            # Per-parameter normalisation (Distill): every tensor's gradient gets unit norm.
+            for g in grads:
+                g.div_(torch.linalg.vector_norm(g) + 1e-8)
+        elif self.grad_mode == "clip":
+            torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_max_norm)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=self.milestones, gamma=self.gamma
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ncalab_step_generator"] = self.step_generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "ncalab_step_generator" in checkpoint:
+            self.step_generator.set_state(checkpoint["ncalab_step_generator"])

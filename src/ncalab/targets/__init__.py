@@ -1,0 +1,1 @@
+"""Built-in target images, drawn by ncalab.targets.draw."""

@@ -1,0 +1,99 @@
+"""Build everything from the composed config and train: DataModule -> NCA(perception) -> LightningModule."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ncalab.callbacks import RunArtifacts
+from ncalab.checkpoint import check_compatible, read_checkpoint
+from ncalab.config import validate
+from ncalab.errors import ConfigError
+from ncalab.lit_module import NCALitModule
+from ncalab.nca import NCA
+
+log = logging.getLogger("ncalab")
+
+
+def build_module(cfg: DictConfig, config: dict[str, Any] | None = None) -> NCALitModule:
+    """The LightningModule for ``cfg`` (an NCA with the configured perception)."""
+    try:
+        perception = instantiate(cfg.perception)
+        nca = NCA(perception, **cfg.model)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"perception/model: {exc}") from exc
+    return NCALitModule(
+        nca,
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+        milestones=tuple(cfg.optim.milestones),
+        gamma=cfg.optim.gamma,
+        grad_mode=cfg.grad.mode,
+        grad_max_norm=cfg.grad.max_norm,
+        min_steps=cfg.rollout.min_steps,
+        max_steps=cfg.rollout.max_steps,
+        backprop_steps=cfg.rollout.backprop_steps,
+        compile=cfg.compile,
+        seed=cfg.seed,
+        config=config,
+    )
+
+
+def _guard_output_dir(out: Path, ckpt_path: str | None) -> None:
+    """Never overwrite another run's checkpoint, except when resuming that very checkpoint in place."""
+    last = out / "checkpoints" / "last.ckpt"
+    if last.exists() and not (ckpt_path and Path(ckpt_path).resolve() == last.resolve()):
+        raise ConfigError(
+            f"{out} already holds a run ({last} exists); choose another hydra.run.dir "
+            f"or resume it with ckpt_path={last}"
+        )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train one run and return its summary (final loss, PSNR, timing, parameter count)."""
+    validate(cfg)
+    out = Path(cfg.output_dir)
+    _guard_output_dir(out, cfg.ckpt_path)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    config = OmegaConf.to_container(cfg, resolve=True)
+
+    ckpt = None
+    if cfg.ckpt_path:
+        ckpt = read_checkpoint(cfg.ckpt_path)
+        check_compatible(ckpt, config, cfg.ckpt_path)
+
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg, config)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    log.info(
+        "perception=%s grid=%dx%d parameters=%d",
+        module.nca.perception.name,
+        datamodule.height,
+        datamodule.width,
+        sum(p.numel() for p in module.parameters() if p.requires_grad),
+    )
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    if trainer.interrupted:
+        log.warning("training was interrupted at step %d", trainer.global_step)
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
+
+    summary: dict[str, Any] = {"train_loss": module.last_loss, "steps": trainer.global_step}
+    for cb in callbacks:
+        if isinstance(cb, RunArtifacts):
+            summary.update(cb.summary)
+    log.info(
+        "done: %s",
+        ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()),
+    )
+    return summary

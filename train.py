@@ -1,0 +1,26 @@
+"""Train a Neural Cellular Automaton: python train.py [perception=<name>] [key=value ...] [-m for sweeps]."""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from ncalab.errors import NCALabError
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from ncalab.train import run
+
+    try:
+        summary = run(cfg)
+    except NCALabError as exc:
+        logging.getLogger("ncalab").error("%s", exc)
+        print(f"ncalab: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return summary.get("train_loss", float("nan"))
+
+
+if __name__ == "__main__":
+    main()
