@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset
 
 from ncalab.errors import TargetError
@@ -40,6 +40,14 @@ def resolve_target(target: str) -> Path:
     return path
 
 
+def _to_rgba(im: Image.Image) -> Image.Image:
+    """RGBA at 8 bits; 16/32-bit greyscale is scaled (Pillow's convert would clip it at 255)."""
+    if im.mode.startswith("I"):
+        grey = np.asarray(im, dtype=np.float64) / 65535.0
+        im = Image.fromarray((grey.clip(0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mode="L")
+    return im.convert("RGBA")
+
+
 def load_target(target: str, size: int = 40, padding: int = 16, allow_upscale: bool = False) -> torch.Tensor:
     """Load ``target`` as premultiplied RGBA ``4 x H x W`` in [0, 1].
 
@@ -50,8 +58,8 @@ def load_target(target: str, size: int = 40, padding: int = 16, allow_upscale: b
     try:
         with Image.open(path) as im:
             im.load()
-            image = im.convert("RGBA")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+            image = _to_rgba(ImageOps.exif_transpose(im))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise TargetError(f"data.target={str(path)!r} is not an image Pillow can read ({exc})") from exc
     w, h = image.size
     scale = size / max(w, h)
@@ -126,8 +134,8 @@ class SamplePool:
         order = per_sample_loss(x, target).argsort(descending=True)
         idx, x = idx[order], x[order]
         x[0] = self.seed
-        if damage_n > 0:
-            n = min(damage_n, len(idx) - 1)
+        n = min(damage_n, len(idx) - 1)  # the reseeded sample is never damaged
+        if n > 0:
             x[-n:] = circle_damage(x[-n:], generator)
         return idx, x
 
@@ -208,7 +216,6 @@ class NCADataModule(L.LightningDataModule):
         return {
             "pool": self.pool.states,
             "generator": self.generator.get_state(),
-            "shape": [self.pool_size, self.channels, self.height, self.width],
             "mode": self.mode,
             "target": self.target_name,
         }

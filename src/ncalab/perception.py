@@ -52,7 +52,7 @@ def _ring(size: int, radius: int) -> list[tuple[int, int]]:
 def _rotate_45(kernel: torch.Tensor, times: int = 1) -> torch.Tensor:
     """Rotate a square kernel by ``times`` x 45 degrees by shifting each ring, as compass operators are built.
 
-    On a 5x5 grid this is not a linear combination of the x and y kernels (unlike the 3x3 case).
+    The rotated 5x5 Sobel is not a linear combination of the x and y kernels (tests check the rank).
     """
     size = kernel.shape[-1]
     out = kernel.clone()

@@ -54,8 +54,11 @@ def _guard_output_dir(out: Path, ckpt_path: str | None) -> None:
         )
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train one run and return its summary (final loss, PSNR, timing, parameter count)."""
+def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
+    """Train one run and return its summary (final loss, PSNR, timing, parameter count).
+
+    ``extra_callbacks`` are added to the configured ones (for programmatic use and tests).
+    """
     validate(cfg)
     out = Path(cfg.output_dir)
     _guard_output_dir(out, cfg.ckpt_path)
@@ -70,6 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, config)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += list(extra_callbacks or [])
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

@@ -1,0 +1,30 @@
+"""Shared fixtures: Hydra configs composed the way train.py composes them, pointed at a temporary run dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+PERCEPTIONS = sorted(p.stem for p in (CONF / "perception").glob("*.yaml"))
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def make_cfg(output_dir: Path, *overrides: str) -> DictConfig:
+    """The training config for ``overrides``, writing into ``output_dir`` (no Hydra run directory)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose(config_name="train", overrides=[f"output_dir={output_dir}", *overrides])
+
+
+@pytest.fixture
+def smoke_cfg(tmp_path):
+    def _make(*overrides: str, out: Path | None = None) -> DictConfig:
+        return make_cfg(out or tmp_path / "run", "experiment=smoke", *overrides)
+
+    return _make
