@@ -241,3 +241,12 @@ def test_bad_config_values_name_the_key(smoke_cfg, tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run(smoke_cfg(override))
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_target_in_config_raises_the_target_error(smoke_cfg, tmp_path):
+    from ncalab.errors import TargetError
+
+    with pytest.raises(TargetError, match="/no/such/file.png"):
+        run(smoke_cfg("data.target=/no/such/file.png"))
+    with pytest.raises(ConfigError, match=r"^perception: .*init"):
+        run(smoke_cfg("perception=trainable_scale", "perception.kernel_size=7", out=tmp_path / "b"))

@@ -7,26 +7,38 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ncalab.callbacks import RunArtifacts
 from ncalab.checkpoint import check_compatible, read_checkpoint
 from ncalab.config import validate
-from ncalab.errors import ConfigError
+from ncalab.errors import ConfigError, NCALabError
 from ncalab.lit_module import NCALitModule
 from ncalab.nca import NCA
 
 log = logging.getLogger("ncalab")
 
 
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``instantiate(node)``, turning a failure into one clear error that names the config key."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, NCALabError):
+            raise cause from None
+        raise ConfigError(f"{key}: {cause if cause is not None else exc}") from exc
+
+
 def build_module(cfg: DictConfig, config: dict[str, Any] | None = None) -> NCALitModule:
     """The LightningModule for ``cfg`` (an NCA with the configured perception)."""
+    perception = build(cfg.perception, "perception")
     try:
-        perception = instantiate(cfg.perception)
         nca = NCA(perception, **cfg.model)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"perception/model: {exc}") from exc
+        raise ConfigError(f"model: {exc}") from exc
     return NCALitModule(
         nca,
         lr=cfg.optim.lr,
@@ -70,12 +82,12 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
         ckpt = read_checkpoint(cfg.ckpt_path)
         check_compatible(ckpt, config, cfg.ckpt_path)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data, "data")
     module = build_module(cfg, config)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
     callbacks += list(extra_callbacks or [])
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    loggers = [build(lg, f"logger.{k}") for k, lg in (cfg.get("logger") or {}).items() if lg is not None]
+    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(config))
