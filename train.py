@@ -4,6 +4,8 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ncalab.errors import NCALabError
@@ -18,8 +20,10 @@ def main(cfg: DictConfig) -> float:
     except NCALabError as exc:
         logging.getLogger("ncalab").error("%s", exc)
         print(f"ncalab: error: {exc}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job and goes on with the others
         sys.exit(2)
-    return summary.get("train_loss", float("nan"))
+    return summary["objective"]
 
 
 if __name__ == "__main__":

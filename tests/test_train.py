@@ -58,6 +58,12 @@ def test_every_perception_trains_and_leaves_its_artefacts(smoke_cfg, tmp_path, p
         assert im.size == (20 * 4 * 2 + 4, 20 * 4)  # target | grown, 4 px per cell, 4 px gap
     with Image.open(out / "growth.gif") as gif:
         assert gif.n_frames == 24 // 4 + 1
+    assert json.loads((out / "status.json").read_text())["status"] == "finished"
+    assert summary["objective"] == pytest.approx(summary["eval_loss"])
+    for key in ("train/step_time_s", "train/cells_steps_per_s", "train/rollout_steps"):
+        assert len(column(rows, key)) == 4, key
+    if perception == "trainable_scale":
+        assert len(column(rows, "perception/scale_0")) == 4
     saved = json.loads((out / "summary.json").read_text())
     assert saved["perception"] == perception and saved["steps"] == 4
     assert saved["parameters"] == summary["parameters"] > 0
@@ -240,7 +246,9 @@ def test_load_nca_rebuilds_the_trained_model(smoke_cfg, tmp_path):
 def test_bad_config_values_name_the_key(smoke_cfg, tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run(smoke_cfg(override))
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and key in status["error"]
 
 
 def test_bad_target_in_config_raises_the_target_error(smoke_cfg, tmp_path):

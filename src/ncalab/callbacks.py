@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
@@ -36,6 +37,43 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarra
     out[: left.shape[0], : left.shape[1]] = left
     out[: right.shape[0], left.shape[1] + gap :] = right
     return out
+
+
+class RunStatus:
+    """``status.json`` in the run directory: running, finished or failed (with the error), for sweeps and reports."""
+
+    def __init__(self, output_dir: str | Path, overrides: list[str] | None = None):
+        self.path = Path(output_dir) / "status.json"
+        self.state = {"status": "running", "overrides": overrides or [], "started": _now(), "ended": None}
+        self._write()
+
+    def finished(self) -> None:
+        self.state.update(status="finished", ended=_now())
+        self._write()
+
+    def failed(self, exc: BaseException) -> None:
+        kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        self.state.update(status=kind, ended=_now(), error=f"{type(exc).__name__}: {exc}")
+        self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.state, indent=2) + "\n")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class FinalCheckpoint(L.Callback):
+    """Save ``last.ckpt`` when training ends, in every process (rank 0 writes; all take part in gathering)."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 @torch.no_grad()

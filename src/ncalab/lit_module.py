@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import lightning as L
@@ -67,11 +68,16 @@ class NCALitModule(L.LightningModule):
     def rollout_steps(self) -> int:
         return int(torch.randint(self.min_steps, self.max_steps + 1, (1,), generator=self.step_generator))
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
     def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
         dm = self.datamodule
         idx, x = dm.make_batch(idx, self.device)
         target = dm.target.to(self.device, x.dtype)
-        x = self.nca.rollout(x, self.rollout_steps(), self.backprop_steps)
+        steps = self.rollout_steps()
+        self._cell_steps = x.shape[0] * x.shape[2] * x.shape[3] * steps
+        x = self.nca.rollout(x, steps, self.backprop_steps)
         losses = per_sample_loss(x, target)
         loss = losses.mean()
         dm.write_back(idx, x)
@@ -79,7 +85,18 @@ class NCALitModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/log10_loss", torch.log10(loss.detach()))
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        self.log("train/rollout_steps", float(steps))
+        scale = getattr(self.nca.perception, "scale", None)
+        if isinstance(scale, torch.Tensor):
+            for i, value in enumerate(scale.detach().flatten().tolist()):
+                self.log(f"perception/scale_{i}", value)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Rollout, backward and optimiser step: the whole training step.
+        elapsed = time.perf_counter() - self._step_start
+        self.log("train/step_time_s", elapsed)
+        self.log("train/cells_steps_per_s", self._cell_steps / elapsed)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]

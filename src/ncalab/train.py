@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ncalab.callbacks import RunArtifacts
+from ncalab.callbacks import FinalCheckpoint, RunStatus
 from ncalab.checkpoint import check_compatible, read_checkpoint
 from ncalab.config import validate
 from ncalab.errors import ConfigError, NCALabError
@@ -71,9 +72,29 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
 
     ``extra_callbacks`` are added to the configured ones (for programmatic use and tests).
     """
-    validate(cfg)
     out = Path(cfg.output_dir)
     _guard_output_dir(out, cfg.ckpt_path)
+    status = RunStatus(out, _overrides(cfg))
+    try:
+        summary = _train(cfg, out, extra_callbacks)
+    except BaseException as exc:
+        status.failed(exc)
+        raise
+    status.finished()
+    return summary
+
+
+def _overrides(cfg: DictConfig) -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed without a Hydra run (tests, notebooks)
+        return []
+
+
+def _train(cfg: DictConfig, out: Path, extra_callbacks: list[L.Callback] | None) -> dict[str, Any]:
+    validate(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     config = OmegaConf.to_container(cfg, resolve=True)
 
@@ -85,7 +106,7 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
     datamodule = build(cfg.data, "data")
     module = build_module(cfg, config)
     callbacks = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
-    callbacks += list(extra_callbacks or [])
+    callbacks += [FinalCheckpoint(out / "checkpoints" / "last.ckpt"), *(extra_callbacks or [])]
     loggers = [build(lg, f"logger.{k}") for k, lg in (cfg.get("logger") or {}).items() if lg is not None]
     trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
@@ -102,12 +123,13 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     if trainer.interrupted:
         log.warning("training was interrupted at step %d", trainer.global_step)
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
 
+    # Read back what the run wrote: with spawned processes (ddp_spawn) the callbacks ran elsewhere.
     summary: dict[str, Any] = {"train_loss": module.last_loss, "steps": trainer.global_step}
-    for cb in callbacks:
-        if isinstance(cb, RunArtifacts):
-            summary.update(cb.summary)
+    if (out / "summary.json").exists():
+        summary.update(json.loads((out / "summary.json").read_text()))
+    # What sweeps minimise: the loss of the pattern grown from the seed (train loss if it was not measured).
+    summary["objective"] = float(summary.get("eval_loss", summary["train_loss"]))
     log.info(
         "done: %s",
         ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()),
