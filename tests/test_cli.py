@@ -30,7 +30,7 @@ def test_train_py_smoke_run_for_every_perception(tmp_path, perception):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / ".hydra" / "overrides.yaml").read_text().count(f"perception={perception}") == 1
-    assert (tmp_path / "final.png").is_file() and (tmp_path / "growth.gif").is_file()
+    assert (tmp_path / "final.png").is_file() and (tmp_path / "media" / "growth_final.mp4").is_file()
 
 
 @pytest.mark.slow

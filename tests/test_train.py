@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import imageio.v2 as imageio
 import lightning as L
 import pytest
 import torch
@@ -56,8 +57,16 @@ def test_every_perception_trains_and_leaves_its_artefacts(smoke_cfg, tmp_path, p
     assert (out / "config.yaml").read_text().count(f"name: {perception}") == 1
     with Image.open(out / "final.png") as im:
         assert im.size == (20 * 4 * 2 + 4, 20 * 4)  # target | grown, 4 px per cell, 4 px gap
-    with Image.open(out / "growth.gif") as gif:
-        assert gif.n_frames == 24 // 4 + 1
+    growth = imageio.mimread(out / "media" / "growth_final.mp4")
+    assert len(growth) == 24 // 4 + 1 and growth[0].shape == (20 * 4, 20 * 4, 3)
+    assert len(imageio.mimread(out / "media" / "regeneration_final.mp4")) == 24 // 4 + 1 + 16 // 4 + 1
+    for name in (
+        "growth_step000002.mp4",
+        "regeneration_step000002.mp4",
+        "pool_step000002.png",
+        "pool_final.png",
+    ):
+        assert (out / "media" / name).is_file(), name
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
     assert summary["objective"] == pytest.approx(summary["eval_loss"])
     for key in ("train/step_time_s", "train/cells_steps_per_s", "train/rollout_steps"):

@@ -1,4 +1,4 @@
-"""What a run leaves behind besides checkpoints and metrics: the final image, a growth rollout, a summary."""
+"""What a run leaves behind besides metrics: status, checkpoint, final image, summary, rollout videos."""
 
 from __future__ import annotations
 
@@ -14,28 +14,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from ncalab.data import per_sample_loss, psnr
+from ncalab.media import cut_region, frames_uint8, pool_grid, record_rollout, write_video
 from ncalab.nca import NCA, to_rgb
 
 
-def to_uint8_frames(states: list[torch.Tensor] | torch.Tensor, scale: int = 1) -> np.ndarray:
-    """States (``B x C x H x W``, first sample used) -> ``T x H*scale x W*scale x 3`` uint8, RGBA over white."""
-    rgb = torch.stack([to_rgb(s[:1])[0] for s in states])  # T x 3 x H x W
-    if scale > 1:
-        rgb = rgb.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
-    return (rgb.permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
-def save_gif(frames: np.ndarray, path: Path, fps: int = 24) -> None:
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
-
-
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
-    """Two ``H x W x 3`` uint8 images with a white gap between them."""
-    h = max(left.shape[0], right.shape[0])
-    out = np.full((h, left.shape[1] + gap + right.shape[1], 3), 255, dtype=np.uint8)
-    out[: left.shape[0], : left.shape[1]] = left
-    out[: right.shape[0], left.shape[1] + gap :] = right
+    """Two ``3 x H x W`` uint8 images with a white gap between them, as ``H x W x 3``."""
+    h = max(left.shape[1], right.shape[1])
+    out = np.full((h, left.shape[2] + gap + right.shape[2], 3), 255, dtype=np.uint8)
+    out[: left.shape[1], : left.shape[2]] = left.transpose(1, 2, 0)
+    out[: right.shape[1], left.shape[2] + gap :] = right.transpose(1, 2, 0)
     return out
 
 
@@ -76,44 +64,29 @@ class FinalCheckpoint(L.Callback):
         trainer.save_checkpoint(self.path, weights_only=False)
 
 
-@torch.no_grad()
-def grow(nca: NCA, height: int, width: int, steps: int, batch: int = 1, frame_every: int = 0, seed: int = 0):
-    """Grow from the seed for ``steps`` steps with a fixed RNG seed; returns ``(final state, frames)``."""
-    frames: list[torch.Tensor] = []
-    x = nca.seed(batch, height, width)
-    if frame_every:
-        frames.append(x.clone())
+class _EvalMode:
+    """Evaluate the NCA in eval mode without gradients, then put it back as it was."""
 
-    def record(i: int, state: torch.Tensor) -> None:
-        if frame_every and i % frame_every == 0:
-            frames.append(state.clone())
+    def __init__(self, nca: NCA):
+        self.nca = nca
 
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        x = nca.rollout(x, steps, on_step=record)
-    return x, frames
+    def __enter__(self) -> NCA:
+        self.was_training = self.nca.training
+        self.nca.eval()
+        return self.nca
+
+    def __exit__(self, *exc) -> None:
+        self.nca.train(self.was_training)
 
 
 class RunArtifacts(L.Callback):
-    """At the end of training: ``final.png`` (target | grown), ``growth.gif`` from the seed, ``summary.json``."""
+    """At the end of training: ``final.png`` (target | pattern grown from the seed) and ``summary.json``;
+    the summary also goes to every logger (and to the W&B run summary)."""
 
-    def __init__(
-        self,
-        output_dir: str,
-        eval_steps: int = 96,
-        growth_steps: int = 192,
-        frame_every: int = 2,
-        fps: int = 24,
-        scale: int = 4,
-        eval_batch: int = 4,
-    ):
+    def __init__(self, output_dir: str, eval_steps: int = 96, scale: int = 4, eval_batch: int = 4):
         super().__init__()
         self.output_dir = Path(output_dir)
         self.eval_steps = eval_steps
-        self.growth_steps = growth_steps
-        self.frame_every = frame_every
-        self.fps = fps
         self.scale = scale
         self.eval_batch = eval_batch
         self.summary: dict = {}
@@ -128,37 +101,106 @@ class RunArtifacts(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         elapsed = time.perf_counter() - self._start
         steps_run = trainer.global_step - self._start_step
-        dm = trainer.datamodule
-        nca: NCA = pl_module.nca
-        was_training = nca.training
-        nca.eval()
-        target = dm.target.unsqueeze(0).to(pl_module.device)
+        target = trainer.datamodule.target.unsqueeze(0).to(pl_module.device)
         h, w = target.shape[-2:]
-        final, _ = grow(nca, h, w, self.eval_steps, batch=self.eval_batch)
-        _, frames = grow(nca, h, w, self.growth_steps, frame_every=self.frame_every)
-        nca.train(was_training)
+        with _EvalMode(pl_module.nca) as nca:
+            final, _ = record_rollout(nca, nca.seed(self.eval_batch, h, w), self.eval_steps, self.eval_steps)
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        target_rgb = to_uint8_frames([target], self.scale)[0]
-        grown_rgb = to_uint8_frames([final], self.scale)[0]
-        Image.fromarray(side_by_side(target_rgb, grown_rgb)).save(self.output_dir / "final.png")
-        save_gif(to_uint8_frames(frames, self.scale), self.output_dir / "growth.gif", self.fps)
-
+        image = side_by_side(frames_uint8([target], self.scale)[0], frames_uint8([final], self.scale)[0])
+        Image.fromarray(image).save(self.output_dir / "final.png")
+        grown_rgb = to_rgb(final)
         self.summary = {
             "perception": getattr(nca.perception, "name", type(nca.perception).__name__),
             "steps": trainer.global_step,
             "train_loss": float(getattr(pl_module, "last_loss", float("nan"))),
             "eval_steps": self.eval_steps,
             "eval_loss": float(per_sample_loss(final, target).mean()),
-            "psnr": psnr(to_rgb(final), to_rgb(target).expand_as(to_rgb(final))),
+            "psnr": psnr(grown_rgb, to_rgb(target).expand_as(grown_rgb)),
             "wall_time_s": elapsed,
             "s_per_iter": elapsed / steps_run if steps_run else None,
             "parameters": sum(p.numel() for p in nca.parameters() if p.requires_grad),
             "grid": [int(h), int(w)],
         }
         (self.output_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+        numbers = {f"final/{k}": v for k, v in self.summary.items() if isinstance(v, float | int)}
         for logger in trainer.loggers:
-            logger.log_metrics(
-                {f"final/{k}": v for k, v in self.summary.items() if isinstance(v, float | int)},
-                step=trainer.global_step,
+            logger.log_metrics(numbers, step=trainer.global_step)
+            run = getattr(logger, "experiment", None) if type(logger).__name__ == "WandbLogger" else None
+            if run is not None:
+                run.summary.update(self.summary)
+
+
+class RolloutMedia(L.Callback):
+    """Every ``every_n_steps`` optimiser steps and at the end: a growth video from the seed, a regeneration
+    video (grow, cut ``region``, regrow) and a grid of pool samples; saved under ``<run>/media/`` and logged
+    through every logger that takes videos/images (W&B), on Lightning's step axis."""
+
+    def __init__(
+        self,
+        output_dir: str,
+        every_n_steps: int = 500,
+        growth_steps: int = 192,
+        regrow_steps: int = 192,
+        region: str = "right",
+        frame_every: int = 2,
+        fps: int = 24,
+        scale: int = 4,
+        format: str = "mp4",
+        pool_samples: int = 16,
+    ):
+        super().__init__()
+        if format not in ("mp4", "gif"):
+            raise ValueError(f"callbacks.media.format={format!r}; accepted: mp4, gif")
+        self.dir = Path(output_dir) / "media"
+        self.every_n_steps = every_n_steps
+        self.growth_steps = growth_steps
+        self.regrow_steps = regrow_steps
+        self.region = region
+        self.frame_every = frame_every
+        self.fps = fps
+        self.scale = scale
+        self.format = format
+        self.pool_samples = pool_samples
+        cut_region(torch.zeros(1, 4, 2, 2), region)  # fail at start, not at the first media step
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step < (trainer.max_steps or 0):
+            self.record(trainer, pl_module, f"step{step:06d}")
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.record(trainer, pl_module, "final")
+
+    def record(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> dict[str, Path]:
+        dm = trainer.datamodule
+        h, w = dm.height, dm.width
+        with _EvalMode(pl_module.nca) as nca:
+            grown, growth = record_rollout(nca, nca.seed(1, h, w), self.growth_steps, self.frame_every)
+            _, regrowth = record_rollout(
+                nca, cut_region(grown, self.region), self.regrow_steps, self.frame_every
             )
+        files = {
+            "growth": write_video(
+                frames_uint8(growth, self.scale), self.dir / f"growth_{tag}.{self.format}", self.fps
+            ),
+            "regeneration": write_video(
+                frames_uint8(growth + regrowth, self.scale),
+                self.dir / f"regeneration_{tag}.{self.format}",
+                self.fps,
+            ),
+        }
+        pool = dm.pool.states[: self.pool_samples]
+        files["pool"] = self.dir / f"pool_{tag}.png"
+        Image.fromarray(pool_grid(pool).transpose(1, 2, 0)).save(files["pool"])
+
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_video"):
+                for key in ("growth", "regeneration"):
+                    logger.log_video(f"media/{key}", [str(files[key])], step=step)
+            if hasattr(logger, "log_image"):
+                logger.log_image("media/pool", [str(files["pool"])], step=step)
+        return files

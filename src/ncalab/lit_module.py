@@ -120,6 +120,9 @@ class NCALitModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ncalab_step_generator"] = self.step_generator.get_state()
+        for logger in self.trainer.loggers:
+            if type(logger).__name__ == "WandbLogger" and logger.version:
+                checkpoint["ncalab_wandb_id"] = str(logger.version)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "ncalab_step_generator" in checkpoint:

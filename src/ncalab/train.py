@@ -17,6 +17,7 @@ from ncalab.checkpoint import check_compatible, read_checkpoint
 from ncalab.config import validate
 from ncalab.errors import ConfigError, NCALabError
 from ncalab.lit_module import NCALitModule
+from ncalab.loggers import finish_wandb
 from ncalab.nca import NCA
 
 log = logging.getLogger("ncalab")
@@ -79,9 +80,22 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
         summary = _train(cfg, out, extra_callbacks)
     except BaseException as exc:
         status.failed(exc)
+        finish_wandb(failed=True)
         raise
     status.finished()
+    finish_wandb(failed=False)
     return summary
+
+
+def _logger_extras(node: DictConfig, config: dict[str, Any], ckpt: dict[str, Any] | None) -> dict[str, Any]:
+    """The W&B logger gets the resolved config, and the run id of a resumed checkpoint (one curve, not two)."""
+    if node.get("_target_") != "ncalab.loggers.wandb_logger":
+        return {}
+    # Not recursive: the config holds _target_ nodes that must reach W&B as plain values.
+    extras: dict[str, Any] = {"run_config": config, "_recursive_": False, "_convert_": "all"}
+    if ckpt and ckpt.get("ncalab_wandb_id") and not node.get("id"):
+        extras["id"] = ckpt["ncalab_wandb_id"]
+    return extras
 
 
 def _overrides(cfg: DictConfig) -> list[str]:
@@ -107,7 +121,11 @@ def _train(cfg: DictConfig, out: Path, extra_callbacks: list[L.Callback] | None)
     module = build_module(cfg, config)
     callbacks = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
     callbacks += [FinalCheckpoint(out / "checkpoints" / "last.ckpt"), *(extra_callbacks or [])]
-    loggers = [build(lg, f"logger.{k}") for k, lg in (cfg.get("logger") or {}).items() if lg is not None]
+    loggers = [
+        build(lg, f"logger.{k}", **_logger_extras(lg, config, ckpt))
+        for k, lg in (cfg.get("logger") or {}).items()
+        if lg is not None
+    ]
     trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,601 @@
+"""Compare the runs of a Hydra multirun sweep offline: ``python -m ncalab.compare <sweep dir>``.
+
+Reads only what the runs wrote (``status.json``, ``summary.json``, ``csv/version_N/metrics.csv``, ``final.png``,
+videos, ``.hydra/overrides.yaml``), writes one self-contained ``report.html`` (images and videos as data URIs, loss
+curves as inline SVG) and prints the same numbers as a plain-text table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MAX_EMBED_BYTES = 20 * 1024 * 1024
+MAX_CURVE_POINTS = 1000
+STATUS_ORDER = ("finished", "failed", "interrupted", "running", "unfinished")
+# (summary key, table header, formatter name) for the per-run columns after job/overrides/status.
+RUN_COLUMNS = (
+    ("train_loss", "train_loss", "float"),
+    ("eval_loss", "eval_loss", "float"),
+    ("psnr", "psnr_db", "psnr"),
+    ("wall_time_s", "wall_s", "seconds"),
+    ("s_per_iter", "s/iter", "float"),
+    ("steps", "steps", "int"),
+    ("parameters", "params", "int"),
+)
+AGGREGATE_KEYS = ("train_loss", "eval_loss", "psnr", "wall_time_s")
+MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4", ".webm": "video/webm"}
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+DASHES = ("", "6 3", "2 2", "8 3 2 3", "4 4")
+
+
+@dataclass
+class RunRecord:
+    """One job of the sweep, as read from its directory."""
+
+    job: str
+    path: Path
+    overrides: list[str]
+    status: str  # one of STATUS_ORDER
+    error: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, train/loss), merged over versions
+    final_png: Path | None = None
+    videos: list[Path] = field(default_factory=list)  # the ones worth showing: final, or the latest
+    other_videos: int = 0  # intermediate videos under media/ not shown
+
+    @property
+    def group_key(self) -> tuple[str, ...]:
+        return tuple(o for o in self.overrides if _override_key(o) != "seed")
+
+    def metric(self, key: str) -> float | None:
+        """A summary number; for runs without a summary, the last logged train loss and step."""
+        value = _number(self.summary.get(key))
+        if value is None and not self.summary and self.curve:
+            # A failed or killed run has no summary: how far it got is still worth showing.
+            if key == "train_loss":
+                return self.curve[-1][1]
+            if key == "steps":
+                return self.curve[-1][0]
+        return value
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float  # sample standard deviation (n - 1); NaN when n < 2
+    n: int
+
+
+@dataclass
+class Group:
+    """Runs that differ only in ``seed=``."""
+
+    overrides: tuple[str, ...]
+    runs: list[RunRecord]
+    stats: dict[str, Stat | None]
+
+    @property
+    def label(self) -> str:
+        return " ".join(self.overrides) or "(defaults)"
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {s: n for s in STATUS_ORDER if (n := sum(r.status == s for r in self.runs))}
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def collect_runs(sweep_dir: str | Path) -> list[RunRecord]:
+    """Every job directory of the sweep, in job order (numbered dirs first)."""
+    sweep = Path(sweep_dir)
+    jobs = [
+        d
+        for d in sweep.iterdir()
+        if d.is_dir() and (d.name.isdigit() or (d / ".hydra").is_dir() or (d / "status.json").is_file())
+    ]
+    jobs.sort(key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, d.name))
+    return [read_run(d) for d in jobs]
+
+
+def read_run(job_dir: str | Path) -> RunRecord:
+    job = Path(job_dir)
+    status_file = _read_json(job / "status.json")
+    summary = _read_json(job / "summary.json")
+    summary = summary if isinstance(summary, dict) else {}
+    if isinstance(status_file, dict) and status_file.get("status") in STATUS_ORDER:
+        status = status_file["status"]
+        error = status_file.get("error")
+    else:
+        status = "finished" if summary else "unfinished"
+        error = None
+
+    overrides = _read_overrides(job / ".hydra" / "overrides.yaml")
+    if overrides is None and isinstance(status_file, dict):
+        overrides = status_file.get("overrides")
+    overrides = [str(o) for o in overrides or [] if not _override_key(str(o)).startswith("hydra.")]
+
+    videos, other_videos = _pick_videos(job)
+    return RunRecord(
+        job=job.name,
+        path=job,
+        overrides=overrides,
+        status=status,
+        error=str(error) if error else None,
+        summary=summary,
+        curve=read_loss_curve(job),
+        final_png=job / "final.png" if (job / "final.png").is_file() else None,
+        videos=videos,
+        other_videos=other_videos,
+    )
+
+
+def _pick_videos(job: Path) -> tuple[list[Path], int]:
+    """``growth.gif`` and, per kind under ``media/`` (growth_*, regeneration_*), the ``*_final`` video or, for
+    a run that did not finish, the newest one; returns them and how many intermediate ones were left out."""
+    found = sorted(
+        p for p in (job / "media").rglob("*") if p.is_file() and p.suffix.lower() in {".mp4", ".webm", ".gif"}
+    )
+    by_kind: dict[str, list[Path]] = {}
+    for path in found:
+        by_kind.setdefault(path.stem.split("_")[0], []).append(path)
+    # Videos recorded every N steps would swamp the report; the last one per kind is what runs are compared on.
+    picked = []
+    for paths in by_kind.values():
+        picked += [p for p in paths if p.stem.endswith("_final")] or [
+            max(paths, key=lambda p: p.stat().st_mtime)
+        ]
+    root_gif = [job / "growth.gif"] if (job / "growth.gif").is_file() else []
+    return root_gif + picked, len(found) - len(picked)
+
+
+def read_loss_curve(job_dir: str | Path, column: str = "train/loss") -> list[tuple[int, float]]:
+    """``(step, value)`` from all ``csv/version_N/metrics.csv`` in version order; later versions win a step."""
+    versions = []
+    for d in (Path(job_dir) / "csv").glob("version_*"):
+        suffix = d.name.removeprefix("version_")
+        if suffix.isdigit() and (d / "metrics.csv").is_file():
+            versions.append((int(suffix), d / "metrics.csv"))
+    by_step: dict[int, float] = {}
+    for _, path in sorted(versions):
+        try:
+            with path.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    try:
+                        by_step[int(float(row["step"]))] = float(row[column])
+                    except (KeyError, TypeError, ValueError):  # blank cells: not logged at this step
+                        continue
+        except OSError:
+            continue
+    return sorted(by_step.items())
+
+
+def read_sweep_overrides(sweep_dir: str | Path) -> list[str]:
+    """The sweep's own command-line overrides from ``multirun.yaml`` (empty when absent or unreadable)."""
+    try:
+        data = yaml.safe_load((Path(sweep_dir) / "multirun.yaml").read_text())
+        task = data["hydra"]["overrides"]["task"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return []
+    return [str(o) for o in task or [] if not _override_key(str(o)).startswith("hydra.")]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())  # accepts NaN / Infinity as Python writes them
+    except (OSError, ValueError):  # absent, or cut short by a killed run
+        return None
+
+
+def _read_overrides(path: Path) -> list[Any] | None:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, list) else None
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------------------------- aggregating
+
+
+def aggregate(runs: list[RunRecord]) -> list[Group]:
+    """Group runs by their overrides without ``seed=``; statistics over the finished runs of each group."""
+    grouped: dict[tuple[str, ...], list[RunRecord]] = {}
+    for run in runs:
+        grouped.setdefault(run.group_key, []).append(run)
+    groups = []
+    for key, members in grouped.items():
+        finished = [r for r in members if r.status == "finished"]
+        stats = {k: mean_std([r.metric(k) for r in finished]) for k in AGGREGATE_KEYS}
+        groups.append(Group(overrides=key, runs=members, stats=stats))
+    return groups
+
+
+def mean_std(values: list[float | None]) -> Stat | None:
+    """Mean and sample std of the values that are numbers (NaN and missing dropped; inf kept)."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not xs:
+        return None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2 or math.isinf(mean):
+        return Stat(mean, math.nan, len(xs))
+    return Stat(mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)), len(xs))
+
+
+# --------------------------------------------------------------------------------------------- formatting
+
+
+def format_value(value: float | None, kind: str) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "psnr":
+        return f"{value:.2f}"
+    if kind == "seconds":
+        return f"{value:.1f}"
+    return f"{value:.4g}"
+
+
+def format_stat(stat: Stat | None, kind: str) -> str:
+    if stat is None:
+        return "-"
+    if math.isnan(stat.std):
+        return format_value(stat.mean, kind)
+    return f"{format_value(stat.mean, kind)} ± {stat.std:.2g}"
+
+
+def format_counts(group: Group) -> str:
+    return ", ".join(f"{n} {status}" for status, n in group.counts.items())
+
+
+def format_table(runs: list[RunRecord], groups: list[Group]) -> str:
+    """Per-run rows, then per-group aggregates, as aligned plain text."""
+    header = ["job", "overrides", "status", *(h for _, h, _ in RUN_COLUMNS)]
+    rows = [
+        [run.job, " ".join(run.overrides) or "(defaults)", run.status]
+        + [format_value(run.metric(key), kind) for key, _, kind in RUN_COLUMNS]
+        for run in runs
+    ]
+    parts = [_align(header, rows, left=3)]
+
+    kinds = {key: kind for key, _, kind in RUN_COLUMNS}
+    agg_header = ["group (seeds pooled)", "runs", *(h for key, h, _ in RUN_COLUMNS if key in AGGREGATE_KEYS)]
+    agg_rows = [
+        [g.label, format_counts(g)] + [format_stat(g.stats[k], kinds[k]) for k in AGGREGATE_KEYS]
+        for g in groups
+    ]
+    parts.append("mean ± sample std over finished runs\n" + _align(agg_header, agg_rows, left=2))
+
+    if any(not r.summary and r.curve for r in runs):
+        parts[0] += "\n(runs without summary.json show their last logged train loss and step)"
+    errors = [f"  job {r.job} {r.status}: {r.error}" for r in runs if r.error]
+    if errors:
+        parts.append("errors:\n" + "\n".join(errors))
+    return "\n\n".join(parts) + "\n"
+
+
+def _align(header: list[str], rows: list[list[str]], left: int) -> str:
+    """Columns padded to their widest cell; the first ``left`` columns left-aligned, numbers right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+# --------------------------------------------------------------------------------------------- HTML
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.finished { color: #176f2c; } .failed, .interrupted { color: #b00020; } .running, .unfinished { color: #8a6d00; }
+.note { color: #666; font-size: 0.85em; }
+ul.legend { list-style: none; padding: 0; font-size: 0.85em; columns: 2; }
+.gallery { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; } figcaption { font-size: 0.8em; max-width: 320px; word-break: break-word; }
+figure img, figure video { max-width: 320px; image-rendering: pixelated; border: 1px solid #ddd; }
+"""
+
+
+def render_html(
+    runs: list[RunRecord],
+    groups: list[Group],
+    *,
+    sweep_dir: str | Path | None = None,
+    sweep_overrides: list[str] | None = None,
+    max_embed_bytes: int = MAX_EMBED_BYTES,
+) -> str:
+    """The whole report as one self-contained HTML document."""
+    esc = html.escape
+    style = _run_styles(groups)
+    title = f"Sweep report: {sweep_dir}" if sweep_dir is not None else "Sweep report"
+    meta = f"generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}, {len(runs)} runs"
+    if sweep_overrides:
+        meta += f"; sweep: <code>{esc(' '.join(sweep_overrides))}</code>"
+
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1><p class='note'>{meta}</p>",
+        "<h2>Runs</h2>",
+        _runs_table(runs),
+        "<h2>By configuration (seeds pooled)</h2>",
+        _groups_table(groups),
+        "<p class='note'>mean ± sample standard deviation over the finished runs of each group.</p>",
+        "<h2>Training loss</h2>",
+        loss_svg(runs, style),
+        _legend(runs, style),
+        "<h2>Final frames</h2>",
+        "<p class='note'>target (left) beside the pattern grown from the seed (right).</p>",
+        _gallery([(r, r.final_png) for r in runs if r.final_png], max_embed_bytes) or "<p>none found</p>",
+        "<h2>Videos</h2>",
+        _gallery([(r, v) for r in runs for v in r.videos], max_embed_bytes) or "<p>none found</p>",
+        _left_out_note(runs),
+        "</body></html>",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def _left_out_note(runs: list[RunRecord]) -> str:
+    left_out = sum(r.other_videos for r in runs)
+    if not left_out:
+        return ""
+    return (
+        f"<p class='note'>{left_out} intermediate videos under &lt;job&gt;/media/ not shown "
+        "(only the final one of each kind, or the newest for runs that did not finish).</p>"
+    )
+
+
+def _run_styles(groups: list[Group]) -> dict[str, tuple[str, str]]:
+    """job -> (colour, dash pattern): one colour per group, one dash pattern per run within it."""
+    return {
+        run.job: (PALETTE[gi % len(PALETTE)], DASHES[ri % len(DASHES)])
+        for gi, group in enumerate(groups)
+        for ri, run in enumerate(group.runs)
+    }
+
+
+def _status_html(run: RunRecord) -> str:
+    text = run.status + (f": {run.error}" if run.error else "")
+    return f"<td class='{run.status}'>{html.escape(text)}</td>"
+
+
+def _runs_table(runs: list[RunRecord]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ["job", "overrides", "status", *(h for _, h, _ in RUN_COLUMNS)])
+    rows = []
+    for run in runs:
+        cells = [
+            f"<td>{html.escape(run.job)}</td>",
+            f"<td><code>{html.escape(' '.join(run.overrides) or '(defaults)')}</code></td>",
+            _status_html(run),
+            *(f"<td class='num'>{format_value(run.metric(k), kind)}</td>" for k, _, kind in RUN_COLUMNS),
+        ]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    note = (
+        "<p class='note'>runs without summary.json show their last logged train loss and step.</p>"
+        if any(not r.summary and r.curve for r in runs)
+        else ""
+    )
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>{note}"
+
+
+def _groups_table(groups: list[Group]) -> str:
+    kinds = {key: kind for key, _, kind in RUN_COLUMNS}
+    heads = ["group", "runs", *(h for key, h, _ in RUN_COLUMNS if key in AGGREGATE_KEYS)]
+    rows = []
+    for g in groups:
+        cells = [f"<td><code>{html.escape(g.label)}</code></td>", f"<td>{html.escape(format_counts(g))}</td>"]
+        cells += [f"<td class='num'>{format_stat(g.stats[k], kinds[k])}</td>" for k in AGGREGATE_KEYS]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>" + "".join(rows) + "</table>"
+
+
+def _legend(runs: list[RunRecord], style: dict[str, tuple[str, str]]) -> str:
+    items = []
+    for run in runs:
+        if not run.curve:
+            continue
+        colour, dash = style[run.job]
+        swatch = (
+            f"<svg width='36' height='10'><line x1='0' y1='5' x2='36' y2='5' stroke='{colour}' "
+            f"stroke-width='2.5' stroke-dasharray='{dash}'/></svg>"
+        )
+        label = html.escape(f"{run.job}: {' '.join(run.overrides) or '(defaults)'}")
+        items.append(f"<li>{swatch} {label}</li>")
+    return f"<ul class='legend'>{''.join(items)}</ul>" if items else ""
+
+
+def loss_svg(
+    runs: list[RunRecord],
+    style: dict[str, tuple[str, str]],
+    width: int = 800,
+    height: int = 420,
+) -> str:
+    """Train loss against step for every run with a curve, log-scale y, as an inline ``<svg>``."""
+    curves = {
+        r.job: [(s, v) for s, v in r.curve if math.isfinite(v) and v > 0] for r in runs if r.curve
+    }  # log scale: non-positive and non-finite losses cannot be drawn
+    points = [p for c in curves.values() for p in c]
+    if not points:
+        return "<p>no train/loss logged in csv/version_*/metrics.csv</p>"
+    left, right, top, bottom = 70, 20, 15, 45
+    pw, ph = width - left - right, height - top - bottom
+    x_max = max(s for s, _ in points) or 1
+    lo = math.floor(math.log10(min(v for _, v in points)))
+    hi = math.ceil(math.log10(max(v for _, v in points)))
+    hi = max(hi, lo + 1)
+
+    def sx(step: float) -> float:
+        return left + pw * step / x_max
+
+    def sy(value: float) -> float:
+        return top + ph * (hi - math.log10(value)) / (hi - lo)
+
+    out = [f"<svg width='{width}' height='{height}' viewBox='0 0 {width} {height}' font-size='11'>"]
+    out.append(f"<rect x='{left}' y='{top}' width='{pw}' height='{ph}' fill='none' stroke='#999'/>")
+    decade_step = max(1, math.ceil((hi - lo) / 8))
+    for d in range(lo, hi + 1, decade_step):
+        y = sy(10.0**d)
+        out.append(f"<line x1='{left}' x2='{left + pw}' y1='{y:.1f}' y2='{y:.1f}' stroke='#e4e4e4'/>")
+        out.append(f"<text x='{left - 6}' y='{y + 4:.1f}' text-anchor='end'>1e{d}</text>")
+    for step in _nice_ticks(x_max):
+        x = sx(step)
+        out.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{top}' y2='{top + ph}' stroke='#e4e4e4'/>")
+        out.append(f"<text x='{x:.1f}' y='{top + ph + 16}' text-anchor='middle'>{step:g}</text>")
+    out.append(f"<text x='{left + pw / 2}' y='{height - 6}' text-anchor='middle'>step</text>")
+    out.append(
+        f"<text x='14' y='{top + ph / 2}' text-anchor='middle' transform='rotate(-90 14 {top + ph / 2})'>"
+        "train/loss (log)</text>"
+    )
+    for run in runs:
+        curve = curves.get(run.job)
+        if not curve:
+            continue
+        # Thousands of noisy points per run would bloat the file without changing what one sees.
+        stride = max(1, math.ceil(len(curve) / MAX_CURVE_POINTS))
+        shown = curve[::stride] + ([curve[-1]] if (len(curve) - 1) % stride else [])
+        colour, dash = style.get(run.job, (PALETTE[0], ""))
+        coords = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in shown)
+        label = html.escape(f"{run.job}: {' '.join(run.overrides) or '(defaults)'}")
+        out.append(
+            f"<polyline points='{coords}' fill='none' stroke='{colour}' stroke-width='1.5' "
+            f"stroke-dasharray='{dash}'><title>{label}</title></polyline>"
+        )
+        if len(shown) == 1:  # a single point draws no line
+            out.append(
+                f"<circle cx='{sx(shown[0][0]):.1f}' cy='{sy(shown[0][1]):.1f}' r='3' fill='{colour}'/>"
+            )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _nice_ticks(x_max: float, target: int = 6) -> list[float]:
+    raw = x_max / target
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    return [i * step for i in range(int(x_max // step) + 1)]
+
+
+def _gallery(items: list[tuple[RunRecord, Path]], max_embed_bytes: int) -> str:
+    figures = []
+    for run, path in items:
+        caption = html.escape(f"{run.job}: {' '.join(run.overrides) or '(defaults)'} — {path.name}")
+        mime = MEDIA_TYPES.get(path.suffix.lower())
+        if mime is None:
+            continue
+        size = path.stat().st_size
+        if size > max_embed_bytes:
+            body = (
+                f"<p class='note'>not embedded: {html.escape(str(path))} is {size / 2**20:.1f} MB "
+                f"(limit {max_embed_bytes / 2**20:.0f} MB)</p>"
+            )
+        else:
+            uri = f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+            if mime.startswith("video/"):
+                body = f"<video controls loop muted src='{uri}'></video>"
+            else:
+                body = f"<img src='{uri}' alt='{caption}'>"
+        figures.append(f"<figure>{body}<figcaption>{caption}</figcaption></figure>")
+    return f"<div class='gallery'>{''.join(figures)}</div>" if figures else ""
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ncalab.compare",
+        description="Compare the runs of a Hydra multirun sweep: writes report.html and prints a table.",
+    )
+    parser.add_argument("sweep_dir", type=Path, help="the sweep directory (outputs/multirun/<date>_<time>)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="where to write the report (default: <sweep>/report.html)"
+    )
+    parser.add_argument(
+        "--max-embed-mb",
+        type=float,
+        default=MAX_EMBED_BYTES / 2**20,
+        help="images and videos larger than this are not embedded (default: 20)",
+    )
+    args = parser.parse_args(argv)
+
+    sweep: Path = args.sweep_dir
+    if not sweep.is_dir():
+        print(f"ncalab.compare: no such sweep directory: {sweep}", file=sys.stderr)
+        return 2
+    runs = collect_runs(sweep)
+    if not runs:
+        print(
+            f"ncalab.compare: no runs in {sweep} (expected job directories such as 0/, 1/ "
+            "holding .hydra/ or status.json)",
+            file=sys.stderr,
+        )
+        return 2
+
+    groups = aggregate(runs)
+    output = args.output or sweep / "report.html"
+    page = render_html(
+        runs,
+        groups,
+        sweep_dir=sweep,
+        sweep_overrides=read_sweep_overrides(sweep),
+        max_embed_bytes=int(args.max_embed_mb * 2**20),
+    )
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        print(f"ncalab.compare: cannot write {output}: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(runs, groups), end="")
+    print(f"\nwrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Rollout media: frames composited on white, MP4/GIF files, regions cut out for regeneration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+from torchvision.utils import make_grid
+
+from ncalab.nca import NCA, to_rgb
+
+REGIONS = ("left", "right", "top", "bottom", "center")
+
+
+def frames_uint8(states: list[torch.Tensor] | torch.Tensor, scale: int = 1) -> np.ndarray:
+    """States (``B x C x H x W``, first sample of each) -> ``T x 3 x H*scale x W*scale`` uint8 over white."""
+    rgb = torch.stack([to_rgb(s[:1])[0] for s in states])
+    if scale > 1:
+        rgb = rgb.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    return (rgb.float().cpu() * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
+
+
+def write_video(frames: np.ndarray, path: Path, fps: int = 24) -> Path:
+    """Write ``T x 3 x H x W`` uint8 frames as MP4 (H.264) or GIF, chosen by the suffix of ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hwc = np.ascontiguousarray(frames.transpose(0, 2, 3, 1))
+    if path.suffix == ".gif":
+        imageio.mimwrite(path, list(hwc), duration=1000.0 / fps, loop=0)
+    elif path.suffix == ".mp4":
+        # H.264 with yuv420p needs even sides: pad with white.
+        h, w = hwc.shape[1:3]
+        hwc = np.pad(hwc, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
+        imageio.mimwrite(path, list(hwc), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+    else:
+        raise ValueError(f"unknown video format {path.suffix!r}; accepted: .mp4, .gif")
+    return path
+
+
+def cut_region(x: torch.Tensor, region: str) -> torch.Tensor:
+    """Zero every channel of ``region`` (left/right/top/bottom half, or a central square of half the size)."""
+    if region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}; accepted: {', '.join(REGIONS)}")
+    h, w = x.shape[-2:]
+    x = x.clone()
+    if region == "left":
+        x[..., :, : w // 2] = 0
+    elif region == "right":
+        x[..., :, w // 2 :] = 0
+    elif region == "top":
+        x[..., : h // 2, :] = 0
+    elif region == "bottom":
+        x[..., h // 2 :, :] = 0
+    else:
+        x[..., h // 4 : h - h // 4, w // 4 : w - w // 4] = 0
+    return x
+
+
+@torch.no_grad()
+def record_rollout(
+    nca: NCA, x: torch.Tensor, steps: int, frame_every: int = 1, seed: int = 0
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run ``steps`` from ``x`` with a fixed RNG seed (the training RNG is left as it was).
+
+    Returns the final state and the frames (the start state, then every ``frame_every``-th step).
+    """
+    frames = [x.clone()]
+
+    def record(i: int, state: torch.Tensor) -> None:
+        if i % frame_every == 0:
+            frames.append(state.clone())
+
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        x = nca.rollout(x, steps, on_step=record)
+    return x, frames
+
+
+def pool_grid(states: torch.Tensor, nrow: int = 8, scale: int = 2) -> np.ndarray:
+    """A grid of pool states over white as ``3 x H x W`` uint8."""
+    rgb = to_rgb(states).float().cpu()
+    if scale > 1:
+        rgb = rgb.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    grid = make_grid(rgb, nrow=nrow, padding=2, pad_value=1.0)
+    return (grid * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy()

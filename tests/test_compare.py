@@ -1,0 +1,179 @@
+"""`python -m ncalab.compare <sweep>` on fake sweep directories laid out the way train.py -m writes them."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from PIL import Image
+
+from ncalab.compare import aggregate, collect_runs, main, read_loss_curve, render_html
+
+FAKE_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 64
+ERROR = "ValueError: target <script>alert('x')</script> & more"
+
+
+def write_job(job, overrides, status=None, summary=None, csv_versions=(), final_png=False):
+    """One job directory: .hydra/overrides.yaml, and optionally status.json, summary.json, CSVs, final.png."""
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if status is not None:
+        state = {"status": status, "overrides": overrides, "started": "2026-01-01T00:00:00+00:00"}
+        state["ended"] = None if status == "running" else "2026-01-01T00:10:00+00:00"
+        if status == "failed":
+            state["error"] = ERROR
+        (job / "status.json").write_text(json.dumps(state))
+    if summary is not None:
+        base = {"perception": "x", "steps": 8, "eval_steps": 96, "s_per_iter": 0.25, "parameters": 8336}
+        (job / "summary.json").write_text(json.dumps({**base, **summary, "grid": [36, 36]}))
+    for version, rows in enumerate(csv_versions):
+        d = job / "csv" / f"version_{version}"
+        d.mkdir(parents=True)
+        lines = ["epoch,step,train/grad_norm,train/log10_loss,train/loss,train/lr"]
+        for step, loss in rows:
+            cell = "" if loss is None else repr(loss)
+            lines.append(f"0,{step},1.0,{math.log10(loss) if loss else ''},{cell},0.002")
+        (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+    if final_png:
+        Image.new("RGB", (12, 6), (200, 30, 30)).save(job / "final.png")
+
+
+def curve(start, stop, scale):
+    return [(s, scale / (s + 1)) for s in range(start, stop)]
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """2 perceptions x 2 seeds finished, one failed, one unfinished (no status, no summary), one resumed."""
+    root = tmp_path / "multirun" / "2026-01-01_00-00-00"
+    root.mkdir(parents=True)
+    (root / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task:\n    - perception=sobel3,sobel5\n    - seed=0,1\n"
+    )
+    finished = [
+        ("sobel3", 0, dict(train_loss=0.002, eval_loss=0.003, psnr=30.0, wall_time_s=100.0)),
+        ("sobel3", 1, dict(train_loss=0.004, eval_loss=0.005, psnr=28.0, wall_time_s=120.0)),
+        ("sobel5", 0, dict(train_loss=0.001, eval_loss=0.001, psnr=float("inf"), wall_time_s=50.0)),
+        ("sobel5", 1, dict(train_loss=0.003, eval_loss=float("nan"), psnr=35.0, wall_time_s=70.0)),
+    ]
+    for job, (perception, seed, summary) in enumerate(finished):
+        overrides = [f"perception={perception}", f"seed={seed}", "hydra.job.chdir=false"]
+        versions = [curve(0, 8, 1.0) + [(8, None)]]  # the final/* row has no train/loss
+        if job == 1:  # resumed once: version_1 repeats steps 5-7 and goes on to 11
+            versions = [curve(0, 8, 1.0), curve(5, 12, 0.5)]
+        write_job(root / str(job), overrides, "finished", summary, versions, final_png=True)
+    write_job(root / "4", ["perception=sobel5", "seed=2"], "failed", csv_versions=[curve(0, 3, 1.0)])
+    write_job(root / "5", ["perception=sobel3", "seed=2"])
+    Image.new("RGB", (6, 6), (0, 0, 255)).save(root / "0" / "growth.gif")
+    (root / "2" / "media").mkdir()
+    (root / "2" / "media" / "growth_final.mp4").write_bytes(FAKE_MP4)
+    (root / "2" / "media" / "growth_step500.mp4").write_bytes(FAKE_MP4)  # intermediate: not shown
+    (root / "not_a_job").mkdir()  # no .hydra/, no status.json, not numbered
+    return root
+
+
+def run_main(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_collect_runs_reads_status_overrides_and_merged_curves(sweep):
+    runs = collect_runs(sweep)
+    assert [r.job for r in runs] == ["0", "1", "2", "3", "4", "5"]
+    assert [r.status for r in runs] == ["finished"] * 4 + ["failed", "unfinished"]
+    assert runs[0].overrides == ["perception=sobel3", "seed=0"]  # hydra.* dropped
+    assert runs[4].error == ERROR
+    assert runs[3].summary["psnr"] == 35.0 and math.isnan(runs[3].summary["eval_loss"])
+
+    merged = read_loss_curve(sweep / "1")
+    assert [s for s, _ in merged] == list(range(12))
+    assert dict(merged)[4] == pytest.approx(1.0 / 5)  # only in version_0
+    assert dict(merged)[6] == pytest.approx(0.5 / 7)  # version_1 wins the repeated step
+    assert [s for s, _ in runs[0].curve] == list(range(8))  # blank train/loss row skipped
+
+
+def test_aggregate_pools_seeds_and_counts_failed_separately(sweep):
+    groups = aggregate(collect_runs(sweep))
+    assert [g.overrides for g in groups] == [("perception=sobel3",), ("perception=sobel5",)]
+    sobel3, sobel5 = groups
+    assert sobel3.counts == {"finished": 2, "unfinished": 1}
+    assert sobel5.counts == {"finished": 2, "failed": 1}
+    loss = sobel3.stats["train_loss"]
+    assert (loss.n, loss.mean, loss.std) == (2, pytest.approx(0.003), pytest.approx(math.sqrt(2e-6)))
+    assert sobel3.stats["psnr"].mean == pytest.approx(29.0) and sobel3.stats["psnr"].std == pytest.approx(
+        2**0.5
+    )
+    assert sobel5.stats["eval_loss"].n == 1  # NaN dropped
+    assert math.isinf(sobel5.stats["psnr"].mean)
+
+
+def test_main_prints_aligned_table_with_hand_computed_aggregates(sweep, capsys):
+    code, out, err = run_main(capsys, sweep)
+    assert code == 0, err
+    assert (sweep / "report.html").is_file()
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("job"))
+    assert (
+        header.split()
+        == "job overrides status train_loss eval_loss psnr_db wall_s s/iter steps params".split()
+    )
+    row1 = next(line for line in lines if line.startswith("1 "))
+    assert row1.split() == "1 perception=sobel3 seed=1 finished 0.004 0.005 28.00 120.0 0.25 8 8,336".split()
+    row5 = next(line for line in lines if line.startswith("5 "))
+    assert "unfinished" in row5
+    # sobel3: train loss 0.002, 0.004 -> 0.003 ± sqrt(2e-6) = 0.0014; PSNR 30, 28 -> 29 ± 1.4; wall 110 ± 14
+    agg = next(line for line in lines if line.startswith("perception=sobel3 "))
+    assert "2 finished, 1 unfinished" in agg
+    assert "0.003 ± 0.0014" in agg and "0.004 ± 0.0014" in agg
+    assert "29.00 ± 1.4" in agg and "110.0 ± 14" in agg
+    agg5 = next(line for line in lines if line.startswith("perception=sobel5 "))
+    assert "2 finished, 1 failed" in agg5 and "inf" in agg5
+    assert f"job 4 failed: {ERROR}" in out
+    assert out.rstrip().endswith(f"wrote {sweep / 'report.html'}")
+    # aligned: every per-run row is as long as the dashed rule under the header, or shorter by trailing blanks
+    rule = lines[lines.index(header) + 1]
+    assert set(rule.replace(" ", "")) == {"-"}
+    assert all(line.index("finished") == row1.index("finished") for line in lines[2:6])
+
+
+def test_report_is_self_contained_and_escaped(sweep, capsys):
+    assert run_main(capsys, sweep, "--output", sweep / "out" / "r.html")[0] == 0
+    page = (sweep / "out" / "r.html").read_text()
+    assert "perception=sobel3" in page and "perception=sobel5" in page
+    assert "failed: ValueError: target &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in page
+    assert "<script" not in page
+    assert "unfinished" in page
+    assert "http://" not in page and "https://" not in page
+    for src in re.findall(r"src='([^']*)'", page):
+        assert src.startswith("data:")
+    assert page.count("data:image/png;base64,") == 4  # final.png of the finished runs
+    assert page.count("<img src='data:image/gif;base64,") == 1
+    assert page.count("<video controls loop muted src='data:video/mp4;base64,") == 1
+    assert "growth_final.mp4" in page and "1 intermediate videos" in page
+
+    svg = page[page.index("<svg width='800'") : page.index("</svg>", page.index("<svg width='800'"))]
+    polylines = re.findall(r"<polyline points='([^']*)'", svg)
+    assert len(polylines) == 5  # runs 0-4 logged a curve; the unfinished run 5 did not
+    assert [len(p.split()) for p in polylines] == [8, 12, 8, 8, 3]
+    assert "1e-1" in svg and "1e0" in svg  # log-scale decade ticks
+
+
+def test_large_media_is_skipped_with_a_note(sweep):
+    runs = collect_runs(sweep)
+    page = render_html(runs, aggregate(runs), max_embed_bytes=len(FAKE_MP4) - 1)
+    assert "data:video/mp4" not in page
+    assert "not embedded:" in page and "growth_final.mp4" in page
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_no_sweep_or_no_runs_exits_2_naming_the_path(tmp_path, capsys, make):
+    path = tmp_path / "sweep"
+    if make == "empty":
+        (path / "logs").mkdir(parents=True)
+    code, out, err = run_main(capsys, path)
+    assert code == 2
+    assert str(path) in err and len(err.strip().splitlines()) == 1
+    assert not (path / "report.html").exists()
