@@ -8,7 +8,8 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 PIP_QUIET := --quiet --disable-pip-version-check
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format clean targets
+.PHONY: help install train test lint format clean targets compare
+SWEEP ?= $(lastword $(sort $(wildcard outputs/multirun/*)))
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +28,9 @@ train: install ## train the quickstart (small built-in target, < 10 min on a 2-c
 
 test: install ## run the test suite
 	$(PY) -m pytest $(ARGS)
+
+compare: install ## report.html for a sweep: make compare SWEEP=outputs/multirun/<date>_<time> (default: newest)
+	$(PY) -m ncalab.compare $(SWEEP)
 
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check .

@@ -91,3 +91,6 @@ def test_multirun_lands_in_numbered_job_dirs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     for job in ("0", "1"):
         assert (Path(tmp_path) / job / "checkpoints" / "last.ckpt").is_file()
+    # every multirun ends with the comparison report
+    report = (Path(tmp_path) / "report.html").read_text()
+    assert "perception=sobel3" in report and "perception=sobel5" in report

@@ -116,12 +116,27 @@ def test_main_prints_aligned_table_with_hand_computed_aggregates(sweep, capsys):
     assert (sweep / "report.html").is_file()
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("job"))
-    assert (
-        header.split()
-        == "job overrides status train_loss eval_loss psnr_db wall_s s/iter steps params".split()
-    )
-    row1 = next(line for line in lines if line.startswith("1 "))
-    assert row1.split() == "1 perception=sobel3 seed=1 finished 0.004 0.005 28.00 120.0 0.25 8 8,336".split()
+    columns = (
+        "job overrides status train_loss eval_loss psnr_db ssim loss@long regrown/5 steps<thr diverged "
+        "wall_s s/iter steps params"
+    ).split()
+    assert header.split() == columns
+    row1_line = next(line for line in lines if line.startswith("1 "))
+    cells = row1_line.split()
+    row1 = dict(zip(columns, [cells[0], " ".join(cells[1:3]), *cells[3:]], strict=True))
+    assert row1 == {
+        **dict.fromkeys(columns, "-"),
+        "job": "1",
+        "overrides": "perception=sobel3 seed=1",
+        "status": "finished",
+        "train_loss": "0.004",
+        "eval_loss": "0.005",
+        "psnr_db": "28.00",
+        "wall_s": "120.0",
+        "s/iter": "0.25",
+        "steps": "8",
+        "params": "8,336",
+    }
     row5 = next(line for line in lines if line.startswith("5 "))
     assert "unfinished" in row5
     # sobel3: train loss 0.002, 0.004 -> 0.003 ± sqrt(2e-6) = 0.0014; PSNR 30, 28 -> 29 ± 1.4; wall 110 ± 14
@@ -136,7 +151,7 @@ def test_main_prints_aligned_table_with_hand_computed_aggregates(sweep, capsys):
     # aligned: every per-run row is as long as the dashed rule under the header, or shorter by trailing blanks
     rule = lines[lines.index(header) + 1]
     assert set(rule.replace(" ", "")) == {"-"}
-    assert all(line.index("finished") == row1.index("finished") for line in lines[2:6])
+    assert all(line.index("finished") == row1_line.index("finished") for line in lines[2:6])
 
 
 def test_report_is_self_contained_and_escaped(sweep, capsys):
@@ -177,3 +192,26 @@ def test_no_sweep_or_no_runs_exits_2_naming_the_path(tmp_path, capsys, make):
     assert code == 2
     assert str(path) in err and len(err.strip().splitlines()) == 1
     assert not (path / "report.html").exists()
+
+
+def test_evaluation_and_curve_give_the_derived_columns():
+    from ncalab.compare import derive_metrics
+
+    evaluation = {
+        "ssim": 0.9,
+        "long_run": {"loss": {"500": 0.01, "2000": 0.2, "1000": 0.05}, "non_finite": False},
+        "regeneration": {
+            "grow_steps": 200,
+            "left": {"steps_to_recover": 12},
+            "right": {"steps_to_recover": None},
+            "top": {"steps_to_recover": 3},
+            "bottom": {"steps_to_recover": None},
+            "center": {"steps_to_recover": 40},
+        },
+    }
+    curve = [(0, 0.5), (1, 0.02), (2, 0.009), (3, 0.004)]
+    derived = derive_metrics(evaluation, curve, {"divergences": 2}, threshold=0.01)
+    assert derived["steps_to_threshold"] == 2
+    assert derived["long_run_loss"] == 0.2 and derived["long_run_step"] == 2000
+    assert derived["regen_recovered"] == 3 and derived["ssim"] == 0.9 and derived["divergences"] == 2
+    assert derive_metrics(None, curve, {}, threshold=0.001) == {"steps_to_threshold": None}

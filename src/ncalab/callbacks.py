@@ -204,3 +204,57 @@ class RolloutMedia(L.Callback):
             if hasattr(logger, "log_image"):
                 logger.log_image("media/pool", [str(files["pool"])], step=step)
         return files
+
+
+class Evaluation(L.Callback):
+    """At the end of training: :func:`ncalab.evaluate.evaluate_nca` (quality, long-run stability, regeneration)
+    into ``<run>/evaluation.json`` and the loggers' summaries."""
+
+    def __init__(
+        self,
+        output_dir: str,
+        horizon: int = 96,
+        rollouts: int = 4,
+        long_run_steps: list[int] | tuple[int, ...] = (500, 1000, 2000),
+        grow_steps: int = 200,
+        regrow_steps: int = 200,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.path = Path(output_dir) / "evaluation.json"
+        self.kwargs = dict(
+            horizon=horizon,
+            rollouts=rollouts,
+            long_run_steps=tuple(long_run_steps),
+            grow_steps=grow_steps,
+            regrow_steps=regrow_steps,
+            seed=seed,
+        )
+        self.result: dict = {}
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from ncalab.evaluate import evaluate_nca
+
+        self.result = evaluate_nca(pl_module.nca, trainer.datamodule.target, **self.kwargs)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.result, indent=2) + "\n")
+        flat = {f"eval/{k}": v for k, v in _flatten(self.result).items() if isinstance(v, int | float)}
+        for logger in trainer.loggers:
+            logger.log_metrics(flat, step=trainer.global_step)
+            run = getattr(logger, "experiment", None) if type(logger).__name__ == "WandbLogger" else None
+            if run is not None:
+                run.summary.update(flat)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}/"))
+        elif isinstance(v, bool):
+            out[key] = int(v)
+        else:
+            out[key] = v
+    return out

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.experimental.callback import Callback
 
 MAX_EMBED_BYTES = 20 * 1024 * 1024
 MAX_CURVE_POINTS = 1000
@@ -29,12 +30,28 @@ RUN_COLUMNS = (
     ("train_loss", "train_loss", "float"),
     ("eval_loss", "eval_loss", "float"),
     ("psnr", "psnr_db", "psnr"),
+    ("ssim", "ssim", "float"),
+    ("long_run_loss", "loss@long", "float"),
+    ("regen_recovered", "regrown/5", "int"),
+    ("steps_to_threshold", "steps<thr", "int"),
+    ("divergences", "diverged", "int"),
     ("wall_time_s", "wall_s", "seconds"),
     ("s_per_iter", "s/iter", "float"),
     ("steps", "steps", "int"),
     ("parameters", "params", "int"),
 )
-AGGREGATE_KEYS = ("train_loss", "eval_loss", "psnr", "wall_time_s")
+AGGREGATE_KEYS = (
+    "train_loss",
+    "eval_loss",
+    "psnr",
+    "ssim",
+    "long_run_loss",
+    "regen_recovered",
+    "steps_to_threshold",
+    "wall_time_s",
+)
+# The train loss a run must reach for ``steps_to_threshold`` (``--threshold``).
+LOSS_THRESHOLD = 0.01
 MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4", ".webm": "video/webm"}
 PALETTE = (
     "#1f77b4",
@@ -65,6 +82,8 @@ class RunRecord:
     final_png: Path | None = None
     videos: list[Path] = field(default_factory=list)  # the ones worth showing: final, or the latest
     other_videos: int = 0  # intermediate videos under media/ not shown
+    # From evaluation.json and the loss curve: ssim, long-run loss, regions regrown, steps to a loss threshold.
+    derived: dict[str, Any] = field(default_factory=dict)
 
     @property
     def group_key(self) -> tuple[str, ...]:
@@ -72,7 +91,7 @@ class RunRecord:
 
     def metric(self, key: str) -> float | None:
         """A summary number; for runs without a summary, the last logged train loss and step."""
-        value = _number(self.summary.get(key))
+        value = _number(self.summary.get(key, self.derived.get(key)))
         if value is None and not self.summary and self.curve:
             # A failed or killed run has no summary: how far it got is still worth showing.
             if key == "train_loss":
@@ -139,6 +158,7 @@ def read_run(job_dir: str | Path) -> RunRecord:
     overrides = [str(o) for o in overrides or [] if not _override_key(str(o)).startswith("hydra.")]
 
     videos, other_videos = _pick_videos(job)
+    curve = read_loss_curve(job)
     return RunRecord(
         job=job.name,
         path=job,
@@ -146,11 +166,38 @@ def read_run(job_dir: str | Path) -> RunRecord:
         status=status,
         error=str(error) if error else None,
         summary=summary,
-        curve=read_loss_curve(job),
+        curve=curve,
         final_png=job / "final.png" if (job / "final.png").is_file() else None,
         videos=videos,
         other_videos=other_videos,
+        derived=derive_metrics(_read_json(job / "evaluation.json"), curve, summary),
     )
+
+
+def derive_metrics(
+    evaluation: Any,
+    curve: list[tuple[int, float]],
+    summary: dict[str, Any],
+    threshold: float = LOSS_THRESHOLD,
+) -> dict[str, Any]:
+    """Numbers for the table from ``evaluation.json`` (written at the end of training) and the loss curve."""
+    out: dict[str, Any] = {"steps_to_threshold": next((s for s, v in curve if v <= threshold), None)}
+    if "divergences" in summary:
+        out["divergences"] = summary["divergences"]
+    if not isinstance(evaluation, dict):
+        return out
+    out["ssim"] = evaluation.get("ssim")
+    long_run = (evaluation.get("long_run") or {}).get("loss") or {}
+    if long_run:
+        last = max(long_run, key=int)
+        out["long_run_loss"] = long_run[last]
+        out["long_run_step"] = int(last)
+    out["non_finite"] = (evaluation.get("long_run") or {}).get("non_finite")
+    regen = evaluation.get("regeneration") or {}
+    regions = [v for v in regen.values() if isinstance(v, dict)]
+    if regions:
+        out["regen_recovered"] = sum(r.get("steps_to_recover") is not None for r in regions)
+    return out
 
 
 def _pick_videos(job: Path) -> tuple[list[Path], int]:
@@ -547,6 +594,13 @@ def _gallery(items: list[tuple[RunRecord, Path]], max_embed_bytes: int) -> str:
 # --------------------------------------------------------------------------------------------- CLI
 
 
+class ReportOnMultirunEnd(Callback):
+    """Hydra callback: write the comparison report when a multirun ends (``conf/hydra/default.yaml``)."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        main([str(config.hydra.sweep.dir)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ncalab.compare",
@@ -561,6 +615,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=MAX_EMBED_BYTES / 2**20,
         help="images and videos larger than this are not embedded (default: 20)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=LOSS_THRESHOLD,
+        help=f"train loss for the steps<thr column: first step at or below it (default: {LOSS_THRESHOLD})",
     )
     args = parser.parse_args(argv)
 
@@ -577,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    for run in runs:
+        run.derived["steps_to_threshold"] = next((s for s, v in run.curve if v <= args.threshold), None)
     groups = aggregate(runs)
     output = args.output or sweep / "report.html"
     page = render_html(
