@@ -61,6 +61,7 @@ class FinalCheckpoint(L.Callback):
         self.path = Path(path)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After a divergence stop the module holds the last good state again (see NCALitModule._diverged).
         trainer.save_checkpoint(self.path, weights_only=False)
 
 
@@ -121,6 +122,9 @@ class RunArtifacts(L.Callback):
             "s_per_iter": elapsed / steps_run if steps_run else None,
             "parameters": sum(p.numel() for p in nca.parameters() if p.requires_grad),
             "grid": [int(h), int(w)],
+            "divergences": len(getattr(getattr(pl_module, "guard", None), "events", [])),
+            "divergence_events": list(getattr(getattr(pl_module, "guard", None), "events", [])),
+            "stopped_by_guard": bool(getattr(pl_module, "stopped_by_guard", False)),
         }
         (self.output_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
         numbers = {f"final/{k}": v for k, v in self.summary.items() if isinstance(v, float | int)}

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ncalab.data import MODES
 from ncalab.errors import ConfigError
+from ncalab.guard import ACTIONS
 from ncalab.lit_module import GRAD_MODES
 
 
@@ -57,6 +58,12 @@ RULES: dict[str, Rule] = {
     "grad.mode": (lambda v: v in GRAD_MODES, " | ".join(GRAD_MODES)),
     "grad.max_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "trainer.max_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "guard.enabled": (lambda v: isinstance(v, bool), "true or false"),
+    "guard.action": (lambda v: v in ACTIONS, " | ".join(ACTIONS)),
+    "guard.max_state": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "guard.lr_factor": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "guard.max_rollbacks": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "guard.snapshot_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }
 
 

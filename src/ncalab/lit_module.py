@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -10,9 +11,11 @@ import lightning as L
 import torch
 
 from ncalab.data import NCADataModule, per_sample_loss
+from ncalab.guard import DivergenceGuard
 from ncalab.nca import NCA
 
 GRAD_MODES = ("off", "normalize", "clip")
+log = logging.getLogger("ncalab")
 
 
 class NCALitModule(L.LightningModule):
@@ -36,6 +39,7 @@ class NCALitModule(L.LightningModule):
         backprop_steps: int | None = None,
         compile: bool = False,
         seed: int = 0,
+        guard: DivergenceGuard | None = None,
         config: dict[str, Any] | None = None,
     ):
         super().__init__()
@@ -56,6 +60,10 @@ class NCALitModule(L.LightningModule):
         # Rollout lengths come from their own generator so that a seeded run is reproducible.
         self.step_generator = torch.Generator().manual_seed(seed)
         self.last_loss = math.nan
+        self.guard = guard or DivergenceGuard(enabled=False)
+        self.stopped_by_guard = False
+        self._loss_value = math.nan
+        self._state_max = 0.0
 
     def setup(self, stage: str) -> None:
         if self.compile:
@@ -80,10 +88,14 @@ class NCALitModule(L.LightningModule):
         x = self.nca.rollout(x, steps, self.backprop_steps)
         losses = per_sample_loss(x, target)
         loss = losses.mean()
+        self._loss_value = float(loss.detach())
+        self._state_max = float(x.detach().abs().max())
         dm.write_back(idx, x)
-        self.last_loss = float(loss.detach())
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/log10_loss", torch.log10(loss.detach()))
+        # Logged: the mean over all processes under DDP (a copy: reduce works in place); with one, the loss itself.
+        mean_loss = self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
+        self.last_loss = float(mean_loss)
+        self.log("train/loss", mean_loss, prog_bar=True)
+        self.log("train/log10_loss", torch.log10(mean_loss))
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self.log("train/rollout_steps", float(steps))
         scale = getattr(self.nca.perception, "scale", None)
@@ -98,7 +110,23 @@ class NCALitModule(L.LightningModule):
         self.log("train/step_time_s", elapsed)
         self.log("train/cells_steps_per_s", self._cell_steps / elapsed)
 
+    def on_train_start(self) -> None:
+        if self.guard.enabled:
+            self.guard.take_snapshot(self.global_step, self, self.trainer.optimizers[0], self.datamodule.pool.states)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.guard.enabled:
+            cause = self.guard.cause(self._loss_value, self._state_max, self)
+            # Every process must take the same decision, or DDP falls out of step.
+            flag = self.trainer.strategy.reduce(
+                torch.tensor(float(cause is not None), device=self.device), reduce_op="sum"
+            )
+            if float(flag) > 0:
+                self._diverged(cause or "divergence in another process", optimizer)
+                return
+            if self.global_step % self.guard.snapshot_every == 0:
+                self.guard.take_snapshot(self.global_step, self, optimizer, self.datamodule.pool.states)
+        self.log("guard/divergences", float(len(self.guard.events)))
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
             return
@@ -110,6 +138,34 @@ class NCALitModule(L.LightningModule):
                 g.div_(torch.linalg.vector_norm(g) + 1e-8)
         elif self.grad_mode == "clip":
             torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_max_norm)
+
+    def _diverged(self, cause: str, optimizer: torch.optim.Optimizer) -> None:
+        """Skip this update, put the last good state back, then lower the lr and go on, or stop."""
+        for p in self.parameters():
+            p.grad = None  # Adam leaves parameters without a gradient untouched: the bad step is not applied
+        step = self.global_step
+        self.datamodule.pool.states = self.guard.restore(self, optimizer)
+        rollback = self.guard.action == "rollback" and self.guard.rollbacks < self.guard.max_rollbacks
+        if rollback:
+            self.guard.rollbacks += 1
+            for group in optimizer.param_groups:
+                group["lr"] *= self.guard.lr_factor
+            event = self.guard.record(step, cause, "rollback", lr=optimizer.param_groups[0]["lr"])
+            message = f"lr lowered to {event['lr']:.3g}, rollback {self.guard.rollbacks}/{self.guard.max_rollbacks}"
+        else:
+            gave_up = self.guard.action == "rollback"
+            event = self.guard.record(step, cause, "stop")
+            self.stopped_by_guard = True
+            self.trainer.should_stop = True
+            message = "gave up after the last rollback; stopping" if gave_up else "stopping"
+        log.warning(
+            "divergence at step %d: %s; restored the state of step %s; %s",
+            step,
+            cause,
+            event["restored_step"],
+            message,
+        )
+        self.log("guard/divergences", float(len(self.guard.events)))
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas)

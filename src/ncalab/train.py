@@ -16,6 +16,7 @@ from ncalab.callbacks import FinalCheckpoint, RunStatus
 from ncalab.checkpoint import check_compatible, read_checkpoint
 from ncalab.config import validate
 from ncalab.errors import ConfigError, NCALabError
+from ncalab.guard import DivergenceGuard
 from ncalab.lit_module import NCALitModule
 from ncalab.loggers import finish_wandb
 from ncalab.nca import NCA
@@ -54,6 +55,7 @@ def build_module(cfg: DictConfig, config: dict[str, Any] | None = None) -> NCALi
         backprop_steps=cfg.rollout.backprop_steps,
         compile=cfg.compile,
         seed=cfg.seed,
+        guard=DivergenceGuard(**cfg.guard),
         config=config,
     )
 
