@@ -30,8 +30,9 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarra
 class RunStatus:
     """``status.json`` in the run directory: running, finished or failed (with the error), for sweeps and reports."""
 
-    def __init__(self, output_dir: str | Path, overrides: list[str] | None = None):
+    def __init__(self, output_dir: str | Path, overrides: list[str] | None = None, write: bool = True):
         self.path = Path(output_dir) / "status.json"
+        self.write = write
         self.state = {"status": "running", "overrides": overrides or [], "started": _now(), "ended": None}
         self._write()
 
@@ -45,6 +46,8 @@ class RunStatus:
         self._write()
 
     def _write(self) -> None:
+        if not self.write:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.state, indent=2) + "\n")
 

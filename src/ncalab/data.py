@@ -1,22 +1,43 @@
-"""Targets (load, fit, premultiply, pad) and the sample pool that the training draws its batches from."""
+"""Targets (load, fit, premultiply, pad) and the sample pool that the training draws its batches from.
+
+Under DDP (``trainer=ddp``) every process keeps its own shard of the pool; checkpoints hold the whole pool.
+"""
 
 from __future__ import annotations
 
 import math
 from importlib import resources
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset
 
-from ncalab.errors import TargetError
+from ncalab.errors import ConfigError, TargetError
 from ncalab.nca import ALPHA, seed_state
 
 MODES = ("growing", "persistent", "regenerating")
+
+
+def _rebuild_generator(device: str, state: bytes) -> torch.Generator:
+    generator = torch.Generator(device)
+    generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+    return generator
+
+
+def _reduce_generator(generator: torch.Generator):
+    return _rebuild_generator, (str(generator.device), generator.get_state().numpy().tobytes())
+
+
+# torch.multiprocessing cannot send a torch.Generator to a spawned process (its state tensor fails in shared
+# memory: "bad value(s) in fds_to_keep"), and ddp_spawn sends the DataModule and the LightningModule, which hold
+# one each. Send the generator's state as bytes instead: the copy draws the same numbers.
+ForkingPickler.register(torch.Generator, _reduce_generator)
 
 
 def builtin_targets() -> list[str]:
@@ -107,6 +128,17 @@ def per_sample_loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((x[:, : ALPHA + 1] - target) ** 2).mean(dim=(1, 2, 3))
 
 
+def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of ``rank``'s shard when ``n`` rows are split over ``world_size`` processes.
+
+    Contiguous shards as ``numpy.array_split``: the first ``n % world_size`` ranks get ``ceil(n / world_size)``
+    rows, the others ``floor(n / world_size)``; together they are exactly the ``n`` rows.
+    """
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
 class SamplePool:
     """A tensor of states that training samples from and writes back to (Distill's sample pool)."""
 
@@ -160,7 +192,18 @@ class _IndexStream(IterableDataset):
 
 
 class NCADataModule(L.LightningDataModule):
-    """Supplies the padded target and owns the sample pool (a plain tensor, saved in checkpoints)."""
+    """Supplies the padded target and owns the sample pool (a plain tensor, saved in checkpoints).
+
+    With several processes (DDP) each rank keeps its own contiguous shard of the pool (:func:`shard_bounds`:
+    ``ceil`` or ``floor`` of ``pool_size / world_size`` states) and draws its batches from it with its own
+    generator seeded ``seed + rank`` (the global torch RNG, used by the NCA's stochastic updates, is seeded
+    ``seed + rank`` too). ``batch_size`` is per process: one optimiser step sees ``batch_size * world_size``
+    samples. The pool is a plain tensor on this object, never a registered buffer: DDP would broadcast a buffer
+    from rank 0 and every rank would train on rank 0's states. Checkpoints hold the whole pool (the shards of
+    all ranks gathered in rank order) and every rank's generator state; loading takes this rank's shard of it,
+    so a checkpoint resumes with any number of processes (the pool is re-split).
+    With one process everything is as without DDP: the whole pool, the generator seeded ``seed``.
+    """
 
     def __init__(
         self,
@@ -186,11 +229,50 @@ class NCADataModule(L.LightningDataModule):
         self.mode = mode
         self.damage_n = damage_n if mode == "regenerating" else 0
         self.steps_per_epoch = steps_per_epoch
+        self.seed = seed
         self.target = load_target(target, target_size, padding, allow_upscale)
         _, self.height, self.width = self.target.shape
         self.generator = torch.Generator().manual_seed(seed)
         seed_cell = seed_state(1, channels, self.height, self.width)[0]
         self.pool = SamplePool(seed_cell, pool_size if mode != "growing" else batch_size)
+        # The whole pool: what checkpoints hold. The growing mode's "pool" (batch_size seeds) is never sharded.
+        self.full_pool_size = len(self.pool)
+        self.rank, self.world_size = 0, 1
+
+    @property
+    def sharded(self) -> bool:
+        return self.world_size > 1 and self.mode != "growing"
+
+    def setup(self, stage: str) -> None:
+        """Take this process's shard of the pool and its own sampling stream (rank and world size from the
+        trainer); with one process nothing changes."""
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if (rank, world_size) == (self.rank, self.world_size):
+            return
+        if self.world_size != 1:
+            raise RuntimeError(
+                f"this NCADataModule was set up for rank {self.rank} of {self.world_size} and cannot be reused "
+                f"for rank {rank} of {world_size}; build a new one"
+            )
+        self.rank, self.world_size = rank, world_size
+        self.generator = torch.Generator().manual_seed(self.seed + rank)
+        # The NCA's stochastic updates (fire masks) draw from the global RNG, which Lightning seeds alike in every
+        # process: early on, when the shards hold only seeds, every process would roll out the same batch and
+        # compute the same gradient. (The weights are unaffected: DDP starts every rank from rank 0's.)
+        torch.manual_seed(self.seed + rank)
+        if not self.sharded:
+            return
+        start, stop = shard_bounds(self.full_pool_size, world_size, rank)
+        if self.batch_size > stop - start:
+            smallest = self.full_pool_size // world_size
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is above the pool shard of each process: data.pool_size="
+                f"{self.full_pool_size} split over {world_size} processes (trainer.devices x trainer.num_nodes) "
+                f"leaves {smallest} states per process, and data.batch_size is per process; "
+                f"use data.batch_size<={smallest} or data.pool_size>={self.batch_size * world_size}"
+            )
+        self.pool.states = self.pool.states[start:stop].clone()
 
     def train_dataloader(self) -> DataLoader:
         # No workers: the pool must stay one tensor in this process.
@@ -212,24 +294,77 @@ class NCADataModule(L.LightningDataModule):
         if self.mode != "growing":
             self.pool.write_back(idx, x)
 
+    def _all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``world_size x *tensor.shape``: ``tensor`` of every rank, in rank order, on the CPU. A collective:
+        every rank must call it (NCCL needs the tensor on this rank's GPU; gloo takes it on the CPU)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                f"rank {self.rank} of {self.world_size}: the pool shards cannot be gathered without an "
+                "initialised torch.distributed process group"
+            )
+        local = tensor.to(self.trainer.strategy.root_device).contiguous()
+        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(gathered, local)
+        return torch.stack(gathered).cpu()
+
+    def _gathered_pool(self) -> torch.Tensor:
+        """The shards of all ranks concatenated in rank order (shards differ by at most one state: each is
+        padded to the largest for the gather and cut back after it)."""
+        bounds = [shard_bounds(self.full_pool_size, self.world_size, r) for r in range(self.world_size)]
+        sizes = [stop - start for start, stop in bounds]
+        shard = self.pool.states
+        padded = shard.new_zeros((max(sizes), *shard.shape[1:]))
+        padded[: len(shard)] = shard
+        gathered = self._all_gather(padded)
+        return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
+
     def state_dict(self) -> dict:
+        """The whole pool and every rank's generator state. Under DDP this gathers from all ranks, so it must be
+        called on every rank (``Trainer.save_checkpoint`` does: every rank builds the checkpoint, rank 0 writes)."""
+        generators = self.generator.get_state().unsqueeze(0)
+        pool = self.pool.states
+        if self.world_size > 1:
+            generators = self._all_gather(generators[0])
+            if self.sharded:
+                pool = self._gathered_pool()
         return {
-            "pool": self.pool.states,
-            "generator": self.generator.get_state(),
+            "pool": pool,
+            "generator": generators[0],  # rank 0's (a one-process run's only) stream
+            "generators": generators,  # world_size x state: one row per rank
+            "world_size": self.world_size,
             "mode": self.mode,
             "target": self.target_name,
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Take this rank's shard of the saved whole pool and this rank's saved generator state. A checkpoint
+        written with another number of processes is re-split; ranks it did not have get a fresh stream derived
+        from the saved ones."""
         pool = state["pool"]
-        if tuple(pool.shape) != tuple(self.pool.states.shape):
+        full_shape = (self.full_pool_size, *self.pool.states.shape[1:])
+        if tuple(pool.shape) != full_shape:
             raise ValueError(
                 f"the checkpoint's pool has shape {tuple(pool.shape)} but this run's is "
-                f"{tuple(self.pool.states.shape)} (data.pool_size, model.channels, target grid); "
+                f"{full_shape} (data.pool_size, model.channels, target grid); "
                 "resume with the settings the checkpoint was trained with"
             )
-        self.pool.states = pool.clone()
-        self.generator.set_state(state["generator"])
+        start, stop = (
+            shard_bounds(self.full_pool_size, self.world_size, self.rank) if self.sharded else (0, len(pool))
+        )
+        self.pool.states = pool[start:stop].clone()
+        self.generator.set_state(self._saved_generator_state(state))
+
+    def _saved_generator_state(self, state: dict) -> torch.Tensor:
+        generators = state.get("generators")
+        if generators is None:  # a checkpoint from before DDP support: one stream
+            generators = state["generator"].unsqueeze(0)
+        if self.rank < len(generators):
+            return generators[self.rank].clone()
+        # More processes than the checkpoint had: a new stream, seeded from a saved one and this rank.
+        source = torch.Generator()
+        source.set_state(generators[self.rank % len(generators)].clone())
+        seed = int(torch.randint(0, 2**62, (1,), generator=source)) + self.rank
+        return torch.Generator().manual_seed(seed).get_state()
 
 
 def grid_size(target: torch.Tensor) -> tuple[int, int]:

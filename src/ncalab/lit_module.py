@@ -112,7 +112,9 @@ class NCALitModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         if self.guard.enabled:
-            self.guard.take_snapshot(self.global_step, self, self.trainer.optimizers[0], self.datamodule.pool.states)
+            self.guard.take_snapshot(
+                self.global_step, self, self.trainer.optimizers[0], self.datamodule.pool.states
+            )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.guard.enabled:
@@ -151,7 +153,9 @@ class NCALitModule(L.LightningModule):
             for group in optimizer.param_groups:
                 group["lr"] *= self.guard.lr_factor
             event = self.guard.record(step, cause, "rollback", lr=optimizer.param_groups[0]["lr"])
-            message = f"lr lowered to {event['lr']:.3g}, rollback {self.guard.rollbacks}/{self.guard.max_rollbacks}"
+            message = (
+                f"lr lowered to {event['lr']:.3g}, rollback {self.guard.rollbacks}/{self.guard.max_rollbacks}"
+            )
         else:
             gave_up = self.guard.action == "rollback"
             event = self.guard.record(step, cause, "stop")

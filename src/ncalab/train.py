@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ncalab.callbacks import FinalCheckpoint, RunStatus
@@ -77,7 +78,8 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
     """
     out = Path(cfg.output_dir)
     _guard_output_dir(out, cfg.ckpt_path)
-    status = RunStatus(out, _overrides(cfg))
+    # Under SLURM / strategy=ddp every rank runs this function: only rank 0 keeps the books.
+    status = RunStatus(out, _overrides(cfg), write=rank_zero_only.rank == 0)
     try:
         summary = _train(cfg, out, extra_callbacks)
     except BaseException as exc:
@@ -131,7 +133,8 @@ def _train(cfg: DictConfig, out: Path, extra_callbacks: list[L.Callback] | None)
     trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    if rank_zero_only.rank == 0:
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(config))
     log.info(
         "perception=%s grid=%dx%d parameters=%d",
         module.nca.perception.name,

@@ -1,0 +1,274 @@
+"""`trainer=ddp`: one run on two CPU processes (gloo): pool shards, averaged gradients, one set of artefacts,
+checkpoints with the whole pool, resume with two processes and with one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from conftest import make_cfg
+
+from ncalab.checkpoint import read_checkpoint
+from ncalab.data import NCADataModule, shard_bounds
+from ncalab.errors import ConfigError
+from ncalab.nca import seed_state
+from ncalab.train import build_module, run
+
+POOL, BATCH = 16, 4  # experiment=smoke
+
+
+def ddp_cfg(out: Path, *overrides: str):
+    return make_cfg(
+        out, "experiment=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", *overrides
+    )
+
+
+def pool_state(ckpt: dict) -> dict:
+    return ckpt["NCADataModule"]
+
+
+class RankProbe(L.Callback):
+    """Records, in every process, what that process saw; written to ``<dir>/rank<r>.pt`` at the end of training
+    (with ddp_spawn the callbacks run in the spawned processes, so results come back through files).
+
+    Per step: the sampled pool indices, this rank's own gradient (taken before DDP's all-reduce), the gradient
+    after backward (all-reduced by DDP) and the parameters after the optimiser step. At the start: the global
+    step, this rank's pool shard and generator state.
+    """
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        self.directory = Path(directory)
+
+    def on_train_start(self, trainer, pl_module):
+        dm = trainer.datamodule
+        self.record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "start_step": trainer.global_step,
+            "start_shard": dm.pool.states.clone(),
+            "start_generator": dm.generator.get_state().clone(),
+            "indices": [],
+            "local_grads": [],
+            "synced_grads": [],
+            "params": [],
+        }
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.record["indices"].append(batch.clone())
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        # Not accumulated into .grad and no DDP hook fires: this process's gradient alone.
+        grads = torch.autograd.grad(loss, params, retain_graph=True)
+        self.record["local_grads"].append(torch.cat([g.flatten() for g in grads]).clone())
+
+    def on_after_backward(self, trainer, pl_module):
+        grads = [p.grad for p in pl_module.parameters() if p.requires_grad]
+        self.record["synced_grads"].append(torch.cat([g.flatten() for g in grads]).clone())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        params = [p.detach().flatten() for p in pl_module.parameters() if p.requires_grad]
+        self.record["params"].append(torch.cat(params).clone())
+
+    def on_train_end(self, trainer, pl_module):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.record, self.directory / f"rank{trainer.global_rank}.pt")
+
+
+def read_probes(directory: Path, n: int) -> list[dict]:
+    return [torch.load(directory / f"rank{r}.pt", weights_only=True) for r in range(n)]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """One 4-step run on two processes (checkpoints at steps 2 and 4)."""
+    base = tmp_path_factory.mktemp("ddp")
+    out, probes = base / "run", base / "probes"
+    summary = run(ddp_cfg(out, "optim.milestones=[2]"), [RankProbe(probes)])
+    return SimpleNamespace(out=out, ckpt=out / "checkpoints" / "last.ckpt", summary=summary, probes=probes)
+
+
+@pytest.mark.slow
+def test_two_processes_train_different_shards_with_averaged_gradients(ddp_run):
+    rank0, rank1 = read_probes(ddp_run.probes, 2)
+    assert (rank0["rank"], rank0["world_size"], rank1["rank"], rank1["world_size"]) == (0, 2, 1, 2)
+    # each process starts from its own half of the pool of seeds and draws its own batches
+    assert rank0["start_shard"].shape[0] == rank1["start_shard"].shape[0] == POOL // 2
+    assert not torch.equal(rank0["start_generator"], rank1["start_generator"])
+    assert len(rank0["indices"]) == len(rank1["indices"]) == 4
+    assert any(not torch.equal(a, b) for a, b in zip(rank0["indices"], rank1["indices"], strict=True))
+    assert all(len(i) == BATCH and int(i.max()) < POOL // 2 for i in rank0["indices"] + rank1["indices"])
+
+    for step in range(4):
+        local0, local1 = rank0["local_grads"][step], rank1["local_grads"][step]
+        synced0, synced1 = rank0["synced_grads"][step], rank1["synced_grads"][step]
+        assert not torch.allclose(local0, local1), step  # different batches, different gradients
+        torch.testing.assert_close(synced0, synced1, rtol=0, atol=0)  # the same gradient on both ranks
+        torch.testing.assert_close(synced0, (local0 + local1) / 2, rtol=1e-5, atol=1e-7)  # ... their mean
+        assert torch.equal(rank0["params"][step], rank1["params"][step]), step  # so the same weights
+
+    # rank 0 wrote the checkpoint: its weights are those after the last step (on both ranks)
+    saved = read_checkpoint(ddp_run.ckpt)["state_dict"]
+    names = [name for name, p in build_module(ddp_cfg(ddp_run.out)).named_parameters() if p.requires_grad]
+    assert torch.equal(torch.cat([saved[n].flatten() for n in names]), rank0["params"][-1])
+
+
+@pytest.mark.slow
+def test_checkpoint_holds_the_pool_of_every_process(ddp_run):
+    saved = read_checkpoint(ddp_run.ckpt)  # torch.load(weights_only=True)
+    assert saved["global_step"] == 4
+    state = pool_state(saved)
+    pool = state["pool"]
+    assert pool.shape == (POOL, 16, 20, 20)
+    assert state["world_size"] == 2 and state["generators"].shape[0] == 2
+    assert torch.equal(state["generator"], state["generators"][0])
+    assert not torch.equal(state["generators"][0], state["generators"][1])
+    shard0, shard1 = pool[: POOL // 2], pool[POOL // 2 :]
+    seed = seed_state(1, 16, 20, 20)[0]
+    for shard in (shard0, shard1):  # both processes wrote rollouts back into their shard
+        assert sum(not torch.equal(s, seed) for s in shard) >= BATCH
+    assert not torch.equal(shard0, shard1)
+
+
+@pytest.mark.slow
+def test_only_one_set_of_artefacts_is_written(ddp_run):
+    out = ddp_run.out
+    assert sorted(p.relative_to(out) for p in out.rglob("*.ckpt")) == [Path("checkpoints/last.ckpt")]
+    assert [p.relative_to(out) for p in out.rglob("final.png")] == [Path("final.png")]
+    assert [p.relative_to(out) for p in out.rglob("summary.json")] == [Path("summary.json")]
+    assert len(list((out / "csv").glob("version_*"))) == 1
+    assert not any("rank" in p.name for p in out.rglob("*"))
+    assert ddp_run.summary["steps"] == 4 and ddp_run.summary["perception"] == "sobel3"
+
+
+class StartProbe(L.Callback):
+    """In-process record of the step, pool and generator at the start of training (one process)."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.step = trainer.global_step
+        self.pool = trainer.datamodule.pool.states.clone()
+        self.generator = trainer.datamodule.generator.get_state().clone()
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+@pytest.mark.slow
+def test_resume_with_two_processes_continues_with_every_shard(ddp_run, tmp_path):
+    saved = pool_state(read_checkpoint(ddp_run.ckpt))
+    out, probes = tmp_path / "resumed", tmp_path / "probes"
+    run(
+        ddp_cfg(out, f"ckpt_path={ddp_run.ckpt}", "trainer.max_steps=6", "optim.milestones=[2]"),
+        [RankProbe(probes)],
+    )
+    rank0, rank1 = read_probes(probes, 2)
+    assert rank0["start_step"] == rank1["start_step"] == 4
+    assert torch.equal(torch.cat([rank0["start_shard"], rank1["start_shard"]]), saved["pool"])
+    assert torch.equal(rank0["start_generator"], saved["generators"][0])
+    assert torch.equal(rank1["start_generator"], saved["generators"][1])
+    assert torch.equal(rank0["params"][-1], rank1["params"][-1])
+    resumed = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == 6 and pool_state(resumed)["pool"].shape == (POOL, 16, 20, 20)
+
+
+@pytest.mark.slow
+def test_resume_a_two_process_checkpoint_with_one_process(ddp_run, tmp_path):
+    saved = pool_state(read_checkpoint(ddp_run.ckpt))
+    probe = StartProbe()
+    out = tmp_path / "single"
+    run(make_cfg(out, "experiment=smoke", f"ckpt_path={ddp_run.ckpt}", "trainer.max_steps=6"), [probe])
+    assert probe.step == 4
+    assert torch.equal(probe.pool, saved["pool"])  # the whole pool, both shards
+    assert torch.equal(probe.generator, saved["generators"][0])
+    resumed = pool_state(read_checkpoint(out / "checkpoints" / "last.ckpt"))
+    assert resumed["pool"].shape == (POOL, 16, 20, 20) and resumed["world_size"] == 1
+
+
+# ---------------------------------------------------------------- sharding without processes
+
+
+def _dm(**kw) -> NCADataModule:
+    args = dict(target="flower", target_size=12, padding=4, pool_size=POOL, batch_size=BATCH, seed=0)
+    return NCADataModule(**{**args, **kw})
+
+
+def _as_rank(dm: NCADataModule, rank: int, world_size: int) -> NCADataModule:
+    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world_size)
+    with torch.random.fork_rng():  # setup seeds the global RNG per rank; keep this process's as it was
+        dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("n, world_size", [(16, 2), (5, 2), (7, 3), (3, 3), (1024, 8)])
+def test_shards_partition_the_pool(n, world_size):
+    bounds = [shard_bounds(n, world_size, r) for r in range(world_size)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    sizes = [b - a for a, b in bounds]
+    assert set(sizes) <= {n // world_size, -(-n // world_size)}  # floor or ceil
+    assert sizes == sorted(sizes, reverse=True)  # the ceil-sized shards come first
+
+
+def test_one_process_is_unchanged():
+    dm, plain = _as_rank(_dm(), 0, 1), _dm()
+    assert dm.pool.states.shape[0] == POOL
+    assert torch.equal(dm.generator.get_state(), plain.generator.get_state())
+
+
+def test_each_rank_takes_its_shard_and_its_own_stream():
+    ranks = [_as_rank(_dm(), r, 2) for r in range(2)]
+    assert [len(dm.pool) for dm in ranks] == [POOL // 2, POOL // 2]
+    assert torch.equal(ranks[0].generator.get_state(), _dm(seed=0).generator.get_state())
+    assert torch.equal(ranks[1].generator.get_state(), _dm(seed=1).generator.get_state())
+    assert not torch.equal(ranks[0].sample_indices(), ranks[1].sample_indices())
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_a_saved_pool_is_resplit_for_any_number_of_processes(world_size):
+    full = torch.rand(POOL, 16, 20, 20)
+    gens = torch.stack([torch.Generator().manual_seed(100 + r).get_state() for r in range(2)])
+    state = {"pool": full, "generator": gens[0], "generators": gens, "world_size": 2}
+    ranks = [_as_rank(_dm(), r, world_size) for r in range(world_size)]
+    for dm in ranks:
+        dm.load_state_dict(state)
+    assert torch.equal(torch.cat([dm.pool.states for dm in ranks]), full)
+    streams = [dm.generator.get_state() for dm in ranks]
+    for r in range(min(world_size, 2)):
+        assert torch.equal(streams[r], gens[r])
+    assert len({bytes(s.tolist()) for s in streams}) == world_size  # a new rank gets a stream of its own
+
+
+def test_a_checkpoint_without_per_rank_streams_still_loads():
+    full = torch.rand(POOL, 16, 20, 20)
+    old = {"pool": full, "generator": torch.Generator().manual_seed(5).get_state()}
+    ranks = [_as_rank(_dm(), r, 2) for r in range(2)]
+    for dm in ranks:
+        dm.load_state_dict(old)
+    assert torch.equal(torch.cat([dm.pool.states for dm in ranks]), full)
+    assert torch.equal(ranks[0].generator.get_state(), old["generator"])
+    assert not torch.equal(ranks[1].generator.get_state(), old["generator"])
+
+
+def test_a_batch_larger_than_a_shard_is_refused():
+    with pytest.raises(ConfigError, match=r"data.batch_size=4 .*trainer.devices") as err:
+        _as_rank(_dm(pool_size=6), 0, 2)
+    assert "data.pool_size>=8" in str(err.value)
+
+
+def test_growing_mode_is_not_sharded():
+    dm = _as_rank(_dm(mode="growing"), 1, 2)
+    assert len(dm.pool) == BATCH
+
+
+def test_a_batch_larger_than_a_pool_shard_is_refused_before_spawning(tmp_path):
+    from conftest import make_cfg
+
+    from ncalab.train import run
+
+    cfg = make_cfg(
+        tmp_path / "run", "experiment=smoke", "trainer=ddp", "trainer.devices=2", "data.pool_size=6"
+    )
+    with pytest.raises(ConfigError, match=r"data\.batch_size=4 is above the pool shard"):
+        run(cfg)
