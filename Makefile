@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 PIP_QUIET := --quiet --disable-pip-version-check
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format clean targets compare
+.PHONY: help install train test lint format clean targets compare bench
 SWEEP ?= $(lastword $(sort $(wildcard outputs/multirun/*)))
 
 help: ## list the targets
@@ -31,6 +31,9 @@ test: install ## run the test suite
 
 compare: install ## report.html for a sweep: make compare SWEEP=outputs/multirun/<date>_<time> (default: newest)
 	$(PY) -m ncalab.compare $(SWEEP)
+
+bench: install ## time training iterations against a plain baseline: make bench ARGS="--sizes 72 --steps 16"
+	$(PY) -m ncalab.bench $(ARGS)
 
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check .

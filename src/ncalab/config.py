@@ -11,6 +11,7 @@ from ncalab.data import MODES
 from ncalab.errors import ConfigError
 from ncalab.guard import ACTIONS
 from ncalab.lit_module import GRAD_MODES
+from ncalab.nca import PRECISIONS
 
 
 def _is_int(v: Any) -> bool:
@@ -31,6 +32,8 @@ RULES: dict[str, Rule] = {
     "model.hidden": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "model.fire_rate": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "model.alive_threshold": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "model.precision": (lambda v: v in PRECISIONS, " | ".join(PRECISIONS)),
+    "model.checkpoint_every": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
     "rollout.min_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "rollout.max_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "rollout.backprop_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
@@ -96,6 +99,16 @@ def validate(cfg: DictConfig) -> None:
             f"data.damage_n={values['data.damage_n']} must be below data.batch_size={values['data.batch_size']} "
             "(one sample of each batch is reseeded, at most the rest are damaged)"
         )
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1
+    if _is_int(devices) and _is_int(nodes) and devices * nodes > 1 and values["data.mode"] != "growing":
+        shard = values["data.pool_size"] // (devices * nodes)
+        if values["data.batch_size"] > shard:
+            raise ConfigError(
+                f"data.batch_size={values['data.batch_size']} is above the pool shard of each process "
+                f"(data.pool_size={values['data.pool_size']} // trainer.devices={devices} x trainer.num_nodes={nodes}"
+                f" = {shard}); lower data.batch_size or raise data.pool_size"
+            )
     perception_channels = OmegaConf.select(cfg, "perception.channels")
     if perception_channels != values["model.channels"]:
         raise ConfigError(

@@ -51,7 +51,9 @@ class DivergenceGuard:
             return f"state out of range (max |x| = {state_max:.4g} > guard.max_state = {self.max_state:g})"
         return None
 
-    def take_snapshot(self, step: int, module: nn.Module, optimizer: torch.optim.Optimizer, pool: torch.Tensor) -> None:
+    def take_snapshot(
+        self, step: int, module: nn.Module, optimizer: torch.optim.Optimizer, pool: torch.Tensor
+    ) -> None:
         self._snapshot = {
             "step": step,
             "module": copy.deepcopy(module.state_dict()),

@@ -1,0 +1,453 @@
+"""Benchmark full NCA training iterations (rollout, backward, Adam step) against a plain baseline.
+
+``python -m ncalab.bench`` times, for each perception and grid size, the ncalab model (one or more variants:
+precision, gradient checkpointing, truncated backprop) and a baseline written the way typical public
+reimplementations are (one ``F.conv2d`` per operator, ``nn.Linear`` layers on a permuted NHWC tensor, fp32,
+NCHW state, nothing fused or compiled), at the same settings, in the same invocation.
+
+Every implementation runs in its own worker process (so that its peak memory is its own, and so that the
+baseline keeps glibc's default allocator behaviour); the parent interleaves single iterations of the baseline
+and of the ncalab variant being measured, so that load from other processes hits both alike, and reports
+medians. The speedup of an ncalab row is median(baseline) / median(ncalab) over the interleaved window.
+
+GFLOP/s counts the model's useful work: the depthwise perception and both 1x1 layers, forward for every step,
+backward (gradients w.r.t. input, and weights where trainable) for the steps that carry gradients.
+Recomputation (checkpointing, and the recomputed hidden layer of the fast path) is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ncalab.nca import ALPHA, NCA, seed_state
+from ncalab.perception import FixedPerception, Perception, ScaledPerception, TrainablePerception
+
+CHANNELS = 16
+HIDDEN = 128
+FIRE_RATE = 0.5
+
+# The five perceptions of conf/perception/ and the truncation their config sets (rollout.backprop_steps).
+PERCEPTIONS: dict[str, tuple[Callable[[], Perception], int | None]] = {
+    "sobel3": (lambda: FixedPerception(CHANNELS, operators="sobel3", name="sobel3"), None),
+    "sobel5": (lambda: FixedPerception(CHANNELS, operators="sobel5", name="sobel5"), None),
+    "sobel5_diag": (lambda: FixedPerception(CHANNELS, operators="sobel5_diag", name="sobel5_diag"), None),
+    "trainable_truncated": (
+        lambda: TrainablePerception(CHANNELS, kernel_size=3, n_ops=2, name="trainable_truncated"),
+        16,
+    ),
+    "trainable_scale": (
+        lambda: ScaledPerception(CHANNELS, kernel_size=3, n_ops=2, name="trainable_scale"),
+        None,
+    ),
+}
+FIELDS = (
+    "perception",
+    "size",
+    "batch",
+    "steps",
+    "impl",
+    "precision",
+    "s_per_iter",
+    "cells_steps_per_s",
+    "gflops",
+    "peak_mem_gb",
+)
+
+
+# --- the baseline ----------------------------------------------------------------------------------------------
+
+
+class BaselineNCA(nn.Module):
+    """The NCA as public reimplementations typically write it: per-operator convs, Linear on NHWC, fp32.
+
+    Same model as :class:`ncalab.nca.NCA` (``from_nca`` copies its weights), so the two compute the same rollout
+    (the fire mask draws ``torch.rand(B, H, W, 1)``, the same numbers in the same order as the NCA's).
+    """
+
+    def __init__(self, perception: Perception, channels: int = CHANNELS, hidden: int = HIDDEN):
+        super().__init__()
+        self.channels = channels
+        self.n_ops = perception.n_ops
+        self.kernel_size = perception.kernel_size
+        weight = perception.operator_weight().detach().reshape(channels, self.n_ops, self.kernel_size, -1)
+        # One C x 1 x k x k depthwise weight per operator.
+        kernels = weight.permute(1, 0, 2, 3).unsqueeze(2).contiguous()
+        trainable = any(p.requires_grad for p in perception.parameters())
+        if trainable:
+            self.kernels = nn.Parameter(kernels)
+        else:
+            self.register_buffer("kernels", kernels)
+        scale = getattr(perception, "scale", None)
+        self.scale = nn.Parameter(scale.detach().clone()) if isinstance(scale, torch.Tensor) else None
+        self.fc0 = nn.Linear(channels * (1 + self.n_ops), hidden)
+        self.fc1 = nn.Linear(hidden, channels)
+        nn.init.zeros_(self.fc1.weight)
+        nn.init.zeros_(self.fc1.bias)
+
+    @classmethod
+    def from_nca(cls, nca: NCA) -> BaselineNCA:
+        base = cls(nca.perception, nca.channels, nca.hidden)
+        c, n = nca.channels, nca.perception.n_ops
+        w0 = nca.update[0].weight.detach().flatten(1)  # columns: identity c..., then c0:op0..opN, c1:...
+        ident, resp = w0[:, :c], w0[:, c:].reshape(-1, c, n).permute(0, 2, 1).reshape(-1, c * n)
+        with torch.no_grad():
+            base.fc0.weight.copy_(torch.cat([ident, resp], dim=1))  # op-major: identity, op0 c..., op1 c...
+            base.fc0.bias.copy_(nca.update[0].bias)
+            base.fc1.weight.copy_(nca.update[2].weight.flatten(1))
+            base.fc1.bias.copy_(nca.update[2].bias)
+        return base
+
+    def alive(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x[:, ALPHA : ALPHA + 1], kernel_size=3, stride=1, padding=1) > 0.1
+
+    def perceive(self, x: torch.Tensor) -> torch.Tensor:
+        ys = [x]
+        for i in range(self.n_ops):
+            y = F.conv2d(x, self.kernels[i], padding=self.kernel_size // 2, groups=self.channels)
+            if self.scale is not None:
+                y = y * (self.scale[i] if self.scale.numel() > 1 else self.scale[0])
+            ys.append(y)
+        return torch.cat(ys, dim=1)
+
+    def step(self, x: torch.Tensor, fire_rate: float = FIRE_RATE) -> torch.Tensor:
+        pre_life = self.alive(x)
+        dx = self.perceive(x).permute(0, 2, 3, 1)
+        dx = self.fc1(F.relu(self.fc0(dx)))
+        if fire_rate < 1.0:
+            dx = (
+                dx
+                * (torch.rand(dx.shape[0], dx.shape[1], dx.shape[2], 1, device=x.device) < fire_rate).float()
+            )
+        x = x + dx.permute(0, 3, 1, 2)
+        post_life = self.alive(x)
+        return x * (pre_life & post_life).float()
+
+    def rollout(self, x: torch.Tensor, steps: int, backprop_steps: int | None = None) -> torch.Tensor:
+        free = 0 if backprop_steps is None else max(steps - backprop_steps, 0)
+        with torch.no_grad():
+            for _ in range(free):
+                x = self.step(x)
+        for _ in range(steps - free):
+            x = self.step(x)
+        return x
+
+
+# --- one case ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Spec:
+    perception: str
+    size: int
+    batch: int
+    steps: int
+    impl: str  # "baseline" | "ncalab"
+    precision: str = "fp32"
+    checkpoint_every: int | None = None
+    backprop_steps: int | None = None
+    device: str = "cpu"
+    state: str = "pattern"
+    seed: int = 0
+
+
+def flops_per_iter(spec: Spec) -> float:
+    """Useful FLOPs of one training iteration (multiply-add = 2), see the module docstring."""
+    perception = PERCEPTIONS[spec.perception][0]()
+    c, n, k = CHANNELS, perception.n_ops, perception.kernel_size
+    dw = 2 * c * n * k * k
+    l1 = 2 * c * (1 + n) * HIDDEN
+    l2 = 2 * HIDDEN * c
+    trainable = any(p.requires_grad for p in perception.parameters())
+    fwd = dw + l1 + l2
+    bwd = 2 * (l1 + l2) + dw * (2 if trainable else 1)
+    graph_steps = spec.steps if spec.backprop_steps is None else min(spec.backprop_steps, spec.steps)
+    cells = spec.batch * spec.size * spec.size
+    return float(cells * (spec.steps * fwd + graph_steps * bwd))
+
+
+STATES = ("pattern", "dense", "seed")
+
+
+def start_state(kind: str, batch: int, size: int) -> torch.Tensor:
+    """Where each timed rollout starts (the same for baseline and ncalab).
+
+    ``pattern`` (default) stands in for a pool sample: a grown pattern, here a disc of live cells with random
+    values whose diameter is 0.6 of the grid (the default config's 40 px flower on a 72 grid), empty around it.
+    ``dense``: every cell alive (a texture filling the whole grid; the worst case for skipping dead cells).
+    ``seed``: the single seed cell.
+    """
+    g = torch.Generator().manual_seed(2)
+    if kind == "seed":
+        return seed_state(batch, CHANNELS, size, size)
+    x = torch.rand(batch, CHANNELS, size, size, generator=g) - 0.5
+    x[:, : ALPHA + 1] = torch.rand(batch, ALPHA + 1, size, size, generator=g) * 0.8 + 0.2
+    if kind == "dense":
+        return x
+    if kind != "pattern":
+        raise ValueError(f"unknown state {kind!r}; accepted: {', '.join(STATES)}")
+    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    inside = (r[:, None] ** 2 + r[None, :] ** 2) <= (0.3 * size) ** 2
+    return x * inside.float()
+
+
+def build(spec: Spec):
+    """The model, its optimiser and one training iteration as a closure."""
+    torch.manual_seed(spec.seed)
+    device = torch.device(spec.device)
+    nca = NCA(
+        PERCEPTIONS[spec.perception][0](),
+        channels=CHANNELS,
+        hidden=HIDDEN,
+        fire_rate=FIRE_RATE,
+        precision=spec.precision,
+        checkpoint_every=spec.checkpoint_every,
+    )
+    # A non-zero last layer, so that the state actually changes (the zero init would leave the seed alone).
+    nn.init.normal_(nca.update[-1].weight, std=0.02)
+    model: NCA | BaselineNCA = BaselineNCA.from_nca(nca) if spec.impl == "baseline" else nca
+    model = model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x0 = start_state(spec.state, spec.batch, spec.size).to(device)
+    target = torch.rand(spec.batch, 4, spec.size, spec.size, generator=torch.Generator().manual_seed(1)).to(
+        device
+    )
+
+    def iteration() -> None:
+        x = model.rollout(x0, spec.steps, spec.backprop_steps)
+        loss = F.mse_loss(x[:, : ALPHA + 1], target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return iteration
+
+
+def peak_memory_gb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def worker(spec: Spec, warmup: int) -> None:
+    """Serve the parent: ``run`` -> one timed iteration, ``stop`` -> peak memory, then exit."""
+    iteration = build(spec)
+    sync = torch.cuda.synchronize if spec.device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        iteration()
+    sync()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "run":
+            t = time.perf_counter()
+            iteration()
+            sync()
+            print(json.dumps({"t": time.perf_counter() - t}), flush=True)
+        elif cmd == "stop":
+            print(json.dumps({"peak_mem_gb": peak_memory_gb(spec.device)}), flush=True)
+            return
+
+
+class Worker:
+    def __init__(self, spec: Spec, warmup: int, threads: int | None):
+        env = dict(os.environ)
+        if spec.impl == "baseline":
+            env["NCALAB_KEEP_HEAP"] = "0"  # the baseline keeps glibc's default allocator behaviour
+        cmd = [
+            sys.executable,
+            "-m",
+            "ncalab.bench",
+            "--worker",
+            json.dumps(asdict(spec)),
+            "--warmup",
+            str(warmup),
+        ]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        self.spec = spec
+        self.times: list[float] = []
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench worker for {self.spec} exited with {self.proc.wait()}")
+        return json.loads(line)
+
+    def wait_ready(self) -> None:
+        self._read()
+
+    def run(self) -> float:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        t = self._read()["t"]
+        self.times.append(t)
+        return t
+
+    def stop(self) -> float:
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        peak = self._read()["peak_mem_gb"]
+        self.proc.wait()
+        return peak
+
+
+def row(spec: Spec, times: list[float], peak: float) -> dict:
+    s = statistics.median(times)
+    cells_steps = spec.batch * spec.size * spec.size * spec.steps
+    out = {
+        "perception": spec.perception,
+        "size": spec.size,
+        "batch": spec.batch,
+        "steps": spec.steps,
+        "impl": spec.impl,
+        "precision": spec.precision,
+        "s_per_iter": round(s, 5),
+        "cells_steps_per_s": round(cells_steps / s, 1),
+        "gflops": round(flops_per_iter(spec) / s / 1e9, 3),
+        "peak_mem_gb": round(peak, 3),
+        "checkpoint_every": spec.checkpoint_every,
+        "backprop_steps": spec.backprop_steps,
+        "device": spec.device,
+        "state": spec.state,
+        "repeats": len(times),
+    }
+    return out
+
+
+def _options(text: str, cast: Callable[[str], object]) -> list:
+    return [None if v.strip().lower() in ("none", "null", "") else cast(v.strip()) for v in text.split(",")]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m ncalab.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--perceptions", default=",".join(PERCEPTIONS), help="comma-separated, default: all five")
+    ap.add_argument("--sizes", default="72,128", help="grid sizes (square), default 72,128")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=64, help="rollout steps per iteration")
+    ap.add_argument("--precision", default="fp32,bf16", help="ncalab variants: fp32,bf16")
+    ap.add_argument("--checkpoint-every", default="none", help="ncalab variants, e.g. none,8")
+    ap.add_argument(
+        "--backprop-steps",
+        default="default",
+        help="ncalab variants, e.g. none,16; 'default' = what the perception's config sets (baseline: always)",
+    )
+    ap.add_argument(
+        "--state", default="pattern", choices=STATES, help="start state of each rollout (see docs)"
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="timed iterations per implementation (median)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
+    ap.add_argument("--no-baseline", action="store_true", help="time the ncalab variants only (no speedup)")
+    ap.add_argument("--json", action="store_true", help="one JSON object per case on stdout")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def cases(args: argparse.Namespace) -> list[tuple[Spec, list[Spec]]]:
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    groups = []
+    for name in [p.strip() for p in args.perceptions.split(",") if p.strip()]:
+        if name not in PERCEPTIONS:
+            raise SystemExit(f"unknown perception {name!r}; accepted: {', '.join(PERCEPTIONS)}")
+        default_bp = PERCEPTIONS[name][1]
+        bps = [default_bp] if args.backprop_steps == "default" else _options(args.backprop_steps, int)
+        for size in _options(args.sizes, int):
+            common = {
+                "perception": name,
+                "size": size,
+                "batch": args.batch,
+                "steps": args.steps,
+                "device": device,
+                "state": args.state,
+            }
+            base = Spec(impl="baseline", backprop_steps=default_bp, **common)
+            variants = [
+                Spec(impl="ncalab", precision=prec, checkpoint_every=ck, backprop_steps=bp, **common)
+                for prec in _options(args.precision, str)
+                for ck in _options(args.checkpoint_every, int)
+                for bp in bps
+            ]
+            groups.append((base, variants))
+    return groups
+
+
+def print_row(r: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(r), flush=True)
+        return
+    extra = []
+    if r["checkpoint_every"]:
+        extra.append(f"ckpt={r['checkpoint_every']}")
+    if r["backprop_steps"]:
+        extra.append(f"bp={r['backprop_steps']}")
+    speed = f"{r['speedup']:5.2f}x" if "speedup" in r else "     -"
+    print(
+        f"{r['perception']:<20} {r['size']:>4} {r['impl']:<8} {r['precision']:<4} {' '.join(extra):<12} "
+        f"{r['s_per_iter']:8.3f} s/it {r['cells_steps_per_s']:>12.4g} cell-steps/s {r['gflops']:7.2f} GFLOP/s "
+        f"{r['peak_mem_gb']:6.2f} GB  {speed}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        worker(Spec(**json.loads(args.worker)), args.warmup)
+        return 0
+    for base_spec, variants in cases(args):
+        # The baseline and the first variant start (import, build, warm up) side by side; later variants
+        # start one at a time, so that at most two workers hold memory.
+        base = None if args.no_baseline else Worker(base_spec, args.warmup, args.threads)
+        pending = Worker(variants[0], args.warmup, args.threads) if variants else None
+        if base is not None:
+            base.wait_ready()
+        rows = []
+        for spec in variants:
+            w = pending if pending is not None else Worker(spec, args.warmup, args.threads)
+            pending = None
+            w.wait_ready()
+            window: list[float] = []
+            for r in range(args.repeats):
+                # Alternate who goes first, so that neither always runs right after the other.
+                if base is not None and r % 2 == 0:
+                    window.append(base.run())
+                w.run()
+                if base is not None and r % 2 == 1:
+                    window.append(base.run())
+            r = row(spec, w.times, w.stop())
+            if window:
+                r["speedup"] = round(statistics.median(window) / r["s_per_iter"], 3)
+            rows.append(r)
+        if base is not None:
+            rows.insert(0, row(base_spec, base.times, base.stop()))
+        for r in rows:
+            print_row(r, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
