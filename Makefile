@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 PIP_QUIET := --quiet --disable-pip-version-check
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format clean targets compare bench
+.PHONY: help install train test lint format clean targets compare bench demo
 SWEEP ?= $(lastword $(sort $(wildcard outputs/multirun/*)))
 
 help: ## list the targets
@@ -34,6 +34,9 @@ compare: install ## report.html for a sweep: make compare SWEEP=outputs/multirun
 
 bench: install ## time training iterations against a plain baseline: make bench ARGS="--sizes 72 --steps 16"
 	$(PY) -m ncalab.bench $(ARGS)
+
+demo: install ## serve the browser demo on 127.0.0.1:8000 (CKPT=<checkpoint or exported folder>; default: pretrained flower)
+	$(PY) -m ncalab.demo serve $(CKPT) $(ARGS)
 
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check .

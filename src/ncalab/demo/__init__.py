@@ -1,0 +1,289 @@
+"""Interactive browser demo: export any ncalab checkpoint as a self-contained static page, or serve it.
+
+    python -m ncalab.demo export <checkpoint.ckpt> <folder>   # index.html + JS/CSS + weights, any static host
+    python -m ncalab.demo serve [<checkpoint.ckpt> | <folder>] # export to a temporary folder, serve on 127.0.0.1
+
+The page runs the automaton entirely in the browser at full precision (float32 weights, no quantisation):
+WebGL2 (float render targets) on a GPU, plain JavaScript (``Float32Array``) where WebGL2 is missing or only
+emulated in software (SwiftShader, where plain JS is faster); ``?backend=webgl|js`` forces one. Every perception works: the exported weights are the depthwise operator weight exactly as the
+model applies it (``C*n_ops x 1 x k x k``, channel-major), a per-response scale factor (ones for unscaled
+perceptions), and the two 1x1 convolutions of the update network.
+
+Files written by :func:`export_model`:
+
+``model.json``  metadata: perception, channels, hidden, fire rate, alive threshold, grid, tensor table, config
+``model.bin``   the float32 (little-endian) tensors listed in ``model.json``
+``model.js``    the same model embedded (base64), so that ``index.html`` also works opened from disk
+``target.png``  the target composited on white (when the run's target can still be found)
+``index.html``, ``nca.js``, ``app.js``, ``style.css``  the page
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import json
+import shutil
+import socketserver
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ncalab.errors import NCALabError
+from ncalab.nca import NCA
+
+__all__ = [
+    "FORMAT",
+    "STATIC_FILES",
+    "export_checkpoint",
+    "export_model",
+    "export_pretrained",
+    "make_server",
+    "model_tensors",
+    "pretrained_dir",
+    "write_static",
+]
+
+FORMAT = "ncalab-demo/1"
+STATIC_FILES = ("index.html", "nca.js", "app.js", "style.css")
+MODEL_FILES = ("model.json", "model.bin", "model.js", "target.png")
+
+
+class ExportError(NCALabError):
+    """A model that the demo cannot represent, or a path that cannot be exported or served."""
+
+
+def _update_convs(nca: NCA) -> tuple[nn.Conv2d, nn.Conv2d]:
+    convs = [m for m in nca.update.modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) != 2 or any(c.kernel_size != (1, 1) for c in convs):
+        raise ExportError(
+            "the demo expects an update network of two 1x1 convolutions with a ReLU between them"
+        )
+    return convs[0], convs[1]
+
+
+@torch.no_grad()
+def _response_scale(perception, n_responses: int) -> torch.Tensor:
+    """The per-response factor applied by ``scale_responses`` (ones when the perception does not scale).
+
+    Probed with constant inputs, and checked to be a diagonal linear map, which covers every built-in perception.
+    """
+    ones = torch.ones(1, n_responses, 2, 2)
+    factor = perception.scale_responses(ones)
+    if factor.shape != ones.shape:
+        factor = factor.expand_as(ones)
+    twice = perception.scale_responses(2.0 * ones)
+    probe = torch.linspace(-1.0, 1.0, n_responses).view(1, -1, 1, 1).expand_as(ones)
+    if not (
+        torch.allclose(twice, 2.0 * factor)
+        and torch.allclose(perception.scale_responses(probe), probe * factor)
+    ):
+        raise ExportError(f"perception {perception.name!r} scales its responses non-linearly: not exportable")
+    return factor[0, :, 0, 0].float()
+
+
+@torch.no_grad()
+def model_tensors(nca: NCA) -> dict[str, torch.Tensor]:
+    """The float32 tensors the browser needs, in the exact layout the PyTorch model applies them."""
+    p = nca.perception
+    kernels = p.operator_weight().detach().float().cpu()
+    n = p.channels * p.n_ops
+    if kernels.shape != (n, 1, p.kernel_size, p.kernel_size):
+        raise ExportError(
+            f"operator weight has shape {tuple(kernels.shape)}, expected {(n, 1, p.kernel_size, p.kernel_size)}"
+        )
+    conv1, conv2 = _update_convs(nca)
+    hidden = conv1.out_channels
+    tensors = {
+        "kernels": kernels,
+        "scale": _response_scale(p, n),
+        "w1": conv1.weight.detach().float().cpu().reshape(hidden, p.out_channels),
+        "b1": (conv1.bias if conv1.bias is not None else torch.zeros(hidden)).detach().float().cpu(),
+        "w2": conv2.weight.detach().float().cpu().reshape(nca.channels, hidden),
+        "b2": (conv2.bias if conv2.bias is not None else torch.zeros(nca.channels)).detach().float().cpu(),
+    }
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise ExportError(f"tensor {name} holds non-finite values: the checkpoint is broken")
+    return tensors
+
+
+def _target_preview(config: dict[str, Any], folder: Path) -> str | None:
+    """Write ``target.png`` (the padded target over white); None when the target cannot be found any more."""
+    data = config.get("data") or {}
+    if "target" not in data:
+        return None
+    try:
+        from PIL import Image
+
+        from ncalab.data import load_target
+
+        target = load_target(
+            str(data["target"]),
+            int(data.get("target_size", 40)),
+            int(data.get("padding", 16)),
+            bool(data.get("allow_upscale", False)),
+        )
+    except Exception:  # noqa: BLE001 - a preview is optional; the model works without it
+        return None
+    rgb = (target[:3] + 1.0 - target[3:4]).clamp(0, 1)
+    array = (rgb.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    Image.fromarray(array).save(folder / "target.png")
+    return "target.png"
+
+
+def _grid(config: dict[str, Any], grid: tuple[int, int] | None) -> list[int]:
+    if grid is not None:
+        return [int(grid[0]), int(grid[1])]
+    data = config.get("data") or {}
+    try:
+        side = int(data["target_size"]) + 2 * int(data["padding"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError("the run config has no data.target_size/data.padding: pass the grid size") from exc
+    return [side, side]
+
+
+def write_static(folder: str | Path) -> Path:
+    """Copy the page (HTML, JS, CSS) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    static = resources.files("ncalab.demo") / "static"
+    for name in STATIC_FILES:
+        (folder / name).write_bytes((static / name).read_bytes())
+    return folder
+
+
+def export_model(
+    nca: NCA,
+    config: dict[str, Any],
+    folder: str | Path,
+    name: str | None = None,
+    grid: tuple[int, int] | None = None,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Write the page and ``nca``'s weights into ``folder``; returns the path of ``index.html``."""
+    folder = Path(folder)
+    write_static(folder)
+    tensors = model_tensors(nca)
+    table, chunks, offset = {}, [], 0
+    for key, t in tensors.items():
+        flat = t.contiguous().view(-1).numpy().astype("<f4")
+        table[key] = {"offset": offset, "shape": list(t.shape)}
+        chunks.append(flat.tobytes())
+        offset += flat.size
+    blob = b"".join(chunks)
+    p = nca.perception
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "name": name or (config.get("data") or {}).get("target") or "model",
+        "perception": {
+            "name": p.name,
+            "class": type(p).__name__,
+            "n_ops": p.n_ops,
+            "kernel_size": p.kernel_size,
+            "scale_mode": getattr(p, "scale_mode", None),
+        },
+        "channels": nca.channels,
+        "hidden": int(tensors["w1"].shape[0]),
+        "fire_rate": float(nca.fire_rate),
+        "alive_threshold": float(nca.alive_threshold),
+        "grid": _grid(config, grid),
+        "dtype": "float32",
+        "byte_order": "little",
+        "weights": "model.bin",
+        "n_floats": offset,
+        "tensors": table,
+        "target": None,
+        "info": info or {},
+        "config": {k: config[k] for k in ("perception", "model", "data", "rollout", "seed") if k in config},
+    }
+    for stale in MODEL_FILES:
+        (folder / stale).unlink(missing_ok=True)
+    meta["target"] = _target_preview(config, folder)
+    (folder / "model.bin").write_bytes(blob)
+    text = json.dumps(meta, indent=1, default=str)
+    (folder / "model.json").write_text(text)
+    _write_model_js(folder, text, blob)
+    return folder / "index.html"
+
+
+def _write_model_js(folder: Path, meta_text: str, blob: bytes) -> None:
+    embedded = base64.b64encode(blob).decode("ascii")
+    (folder / "model.js").write_text(
+        "// The model embedded for pages opened from disk (file://); model.json + model.bin hold the same.\n"
+        f"window.NCA_EMBEDDED_MODEL = {{meta: {meta_text.strip()}, weights: {json.dumps(embedded)}}};\n"
+    )
+
+
+def _checkpoint_info(path: Path) -> dict[str, Any]:
+    from ncalab.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    return {"checkpoint": path.name, "iterations": ckpt.get("global_step")}
+
+
+def export_checkpoint(checkpoint: str | Path, folder: str | Path, name: str | None = None) -> Path:
+    """``python -m ncalab.demo export``: rebuild the model from ``checkpoint`` alone and export it."""
+    from ncalab.checkpoint import load_nca
+
+    checkpoint = Path(checkpoint).expanduser()
+    nca, config = load_nca(checkpoint)
+    return export_model(nca, config, folder, name=name, info=_checkpoint_info(checkpoint))
+
+
+def pretrained_dir(name: str = "flower") -> Path:
+    """The folder of a pretrained model shipped with the package (``model.json``, ``model.bin``, card)."""
+    from ncalab.pretrained import names
+
+    available = names()
+    if name not in available:
+        raise ExportError(f"no pretrained model {name!r}; shipped: {', '.join(available) or 'none'}")
+    return Path(str(resources.files("ncalab.pretrained") / name))
+
+
+def export_pretrained(folder: str | Path, name: str = "flower") -> Path:
+    """The page with a shipped pretrained model (no checkpoint needed)."""
+    source = pretrained_dir(name)
+    folder = write_static(folder)
+    for stale in MODEL_FILES:
+        (folder / stale).unlink(missing_ok=True)
+    for path in source.iterdir():
+        if path.is_file() and path.name in MODEL_FILES:
+            shutil.copyfile(path, folder / path.name)
+    _write_model_js(folder, (source / "model.json").read_text(), (source / "model.bin").read_bytes())
+    return folder / "index.html"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript"}
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def make_server(folder: str | Path, port: int = 8000, host: str = "127.0.0.1", quiet: bool = True):
+    """An HTTP server for ``folder`` on ``host:port`` (port 0 picks a free one); call ``serve_forever()``."""
+    handler = functools.partial(
+        _QuietHandler if quiet else http.server.SimpleHTTPRequestHandler, directory=str(folder)
+    )
+    return _Server((host, port), handler)
+
+
+def url_of(server) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}/index.html"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

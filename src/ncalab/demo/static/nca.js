@@ -1,0 +1,602 @@
+// ncalab demo engine: an exported NCA (model.json + model.bin) stepped in the browser at float32 precision.
+//
+// State layout is PyTorch's: channel-major C x H x W, channels 0-3 premultiplied RGBA, alpha = channel 3.
+// One step (as ncalab.nca.NCA.step):
+//   pre  = maxpool3x3(alpha) > alive_threshold
+//   p    = [x, depthwise_conv(x, kernels, zero padding) * scale]   (responses channel-major: c0 op0..opN-1, c1 ...)
+//   dx   = W2 relu(W1 p + b1) + b2;  x' = x + dx * fire
+//   post = maxpool3x3(alpha') > alive_threshold;  x' *= pre & post
+// Only cells within 2 of a live cell (5x5 max of alpha > threshold) can survive or affect a survivor, so others
+// are not evaluated: this changes no value, it only skips work that the mask throws away.
+(function (global) {
+  'use strict';
+
+  const FORMAT = 'ncalab-demo/1';
+
+  function base64ToBuffer(b64) {
+    const bin = atob(b64);
+    const bytes = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    return bytes.buffer;
+  }
+
+  // A small seeded RNG (mulberry32) for the fire mask, so that a run is reproducible.
+  function mulberry32(seed) {
+    let a = seed >>> 0;
+    return function () {
+      a = (a + 0x6d2b79f5) >>> 0;
+      let t = a;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+
+  class NCAModel {
+    constructor(meta, buffer) {
+      if (!meta || meta.format !== FORMAT) {
+        throw new Error('not an ncalab demo model (format ' + (meta && meta.format) + ', expected ' + FORMAT + ')');
+      }
+      this.meta = meta;
+      this.name = meta.name || 'model';
+      this.C = meta.channels;
+      this.hidden = meta.hidden;
+      this.n = meta.perception.n_ops;
+      this.k = meta.perception.kernel_size;
+      this.H = meta.grid[0];
+      this.W = meta.grid[1];
+      this.P = this.C * (1 + this.n);
+      this.fireRate = meta.fire_rate;
+      this.threshold = Math.fround(meta.alive_threshold);
+      if (buffer.byteLength !== 4 * meta.n_floats) {
+        throw new Error('weights hold ' + buffer.byteLength + ' bytes, model.json expects ' + 4 * meta.n_floats);
+      }
+      let all = new Float32Array(buffer.slice(0));
+      if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
+        // Big-endian host: the file is little-endian.
+        const dv = new DataView(buffer);
+        all = new Float32Array(meta.n_floats);
+        for (let i = 0; i < all.length; i++) all[i] = dv.getFloat32(4 * i, true);
+      }
+      const tensor = (name, expected) => {
+        const t = meta.tensors[name];
+        const size = t.shape.reduce((a, b) => a * b, 1);
+        if (size !== expected) throw new Error('tensor ' + name + ' has ' + size + ' values, expected ' + expected);
+        return all.subarray(t.offset, t.offset + size);
+      };
+      const C = this.C, n = this.n, k = this.k;
+      this.kernels = tensor('kernels', C * n * k * k); // [(c*n+o)][ky][kx]
+      this.scale = tensor('scale', C * n); // [c*n+o]
+      this.w1 = tensor('w1', this.hidden * this.P); // [h][p]
+      this.b1 = tensor('b1', this.hidden);
+      this.w2 = tensor('w2', C * this.hidden); // [c][h]
+      this.b2 = tensor('b2', C);
+    }
+
+    static fromEmbedded(obj) {
+      return new NCAModel(obj.meta, base64ToBuffer(obj.weights));
+    }
+
+    static async fetch(url) {
+      const res = await fetch(url);
+      if (!res.ok) throw new Error('cannot load ' + url + ' (' + res.status + ')');
+      const meta = await res.json();
+      const wurl = new URL(meta.weights || 'model.bin', new URL(url, location.href)).href;
+      const wres = await fetch(wurl);
+      if (!wres.ok) throw new Error('cannot load ' + wurl + ' (' + wres.status + ')');
+      const model = new NCAModel(meta, await wres.arrayBuffer());
+      model.baseUrl = new URL('.', new URL(url, location.href)).href;
+      return model;
+    }
+
+    seedState() {
+      const { C, H, W } = this;
+      const x = new Float32Array(C * H * W);
+      plantSeed(x, this, H >> 1, W >> 1);
+      return x;
+    }
+  }
+
+  function plantSeed(x, m, row, col) {
+    const HW = m.H * m.W;
+    if (row < 0 || col < 0 || row >= m.H || col >= m.W) return;
+    for (let c = 3; c < m.C; c++) x[c * HW + row * m.W + col] = 1;
+  }
+
+  function eraseDisc(x, m, row, col, radius) {
+    const HW = m.H * m.W, r2 = radius * radius;
+    const r = Math.ceil(radius);
+    for (let i = Math.max(0, Math.floor(row - r)); i <= Math.min(m.H - 1, Math.ceil(row + r)); i++) {
+      for (let j = Math.max(0, Math.floor(col - r)); j <= Math.min(m.W - 1, Math.ceil(col + r)); j++) {
+        const di = i - row, dj = j - col;
+        if (di * di + dj * dj <= r2) for (let c = 0; c < m.C; c++) x[c * HW + i * m.W + j] = 0;
+      }
+    }
+  }
+
+  // out[i] = 1 where the 3x3 max of plane (H x W, zero outside) exceeds thr.
+  function alivePool(plane, H, W, thr, out) {
+    for (let i = 0; i < H; i++) {
+      for (let j = 0; j < W; j++) {
+        let m = 0;
+        for (let di = -1; di <= 1; di++) {
+          const y = i + di;
+          if (y < 0 || y >= H) continue;
+          for (let dj = -1; dj <= 1; dj++) {
+            const xx = j + dj;
+            if (xx < 0 || xx >= W) continue;
+            const v = plane[y * W + xx];
+            if (v > m) m = v;
+          }
+        }
+        out[i * W + j] = m > thr ? 1 : 0;
+      }
+    }
+  }
+
+  function dilate(src, H, W, out) {
+    for (let i = 0; i < H; i++) {
+      for (let j = 0; j < W; j++) {
+        let any = 0;
+        for (let di = -1; di <= 1 && !any; di++) {
+          const y = i + di;
+          if (y < 0 || y >= H) continue;
+          for (let dj = -1; dj <= 1; dj++) {
+            const xx = j + dj;
+            if (xx >= 0 && xx < W && src[y * W + xx]) { any = 1; break; }
+          }
+        }
+        out[i * W + j] = any;
+      }
+    }
+  }
+
+  // Plain JavaScript: Float32Array storage (values round to float32 on every store, as in PyTorch).
+  class CpuBackend {
+    constructor(model) {
+      this.name = 'js';
+      this.model = model;
+      const { C, H, W, P, hidden } = model;
+      this.state = model.seedState();
+      this.next = new Float32Array(C * H * W);
+      this.pre = new Uint8Array(H * W);
+      this.post = new Uint8Array(H * W);
+      this.near = new Uint8Array(H * W);
+      this.p = new Float32Array(P);
+      this.h = new Float32Array(hidden);
+    }
+
+    setState(x) { this.state.set(x); }
+    readState() { return this.state.slice(); }
+    edit(fn) { fn(this.state); }
+
+    step(fire) {
+      const m = this.model;
+      const { C, H, W, P, hidden, n, k, threshold } = m;
+      const HW = H * W, r = k >> 1, kk = k * k;
+      const K = m.kernels, S = m.scale, w1 = m.w1, b1 = m.b1, w2 = m.w2, b2 = m.b2;
+      const x = this.state, y = this.next, p = this.p, hb = this.h;
+      const pre = this.pre, post = this.post, near = this.near;
+      alivePool(x.subarray(3 * HW, 4 * HW), H, W, threshold, pre);
+      dilate(pre, H, W, near);
+      y.set(x);
+      for (let i = 0; i < H; i++) {
+        for (let j = 0; j < W; j++) {
+          const idx = i * W + j;
+          if (!near[idx] || (fire && !fire[idx])) continue;
+          for (let c = 0; c < C; c++) p[c] = x[c * HW + idx];
+          for (let c = 0; c < C; c++) {
+            const plane = c * HW;
+            for (let o = 0; o < n; o++) {
+              const kb = (c * n + o) * kk;
+              let s = 0;
+              for (let ky = 0; ky < k; ky++) {
+                const yy = i + ky - r;
+                if (yy < 0 || yy >= H) continue;
+                const row = plane + yy * W, krow = kb + ky * k;
+                for (let kx = 0; kx < k; kx++) {
+                  const xx = j + kx - r;
+                  if (xx < 0 || xx >= W) continue;
+                  s += K[krow + kx] * x[row + xx];
+                }
+              }
+              p[C + c * n + o] = Math.fround(s) * S[c * n + o];
+            }
+          }
+          for (let h = 0; h < hidden; h++) {
+            let s = b1[h];
+            const base = h * P;
+            for (let q = 0; q < P; q++) s += w1[base + q] * p[q];
+            hb[h] = s > 0 ? s : 0;
+          }
+          for (let c = 0; c < C; c++) {
+            let s = b2[c];
+            const base = c * hidden;
+            for (let h = 0; h < hidden; h++) s += w2[base + h] * hb[h];
+            y[c * HW + idx] = x[c * HW + idx] + Math.fround(s);
+          }
+        }
+      }
+      alivePool(y.subarray(3 * HW, 4 * HW), H, W, threshold, post);
+      for (let idx = 0; idx < HW; idx++) {
+        if (!(pre[idx] && post[idx])) for (let c = 0; c < C; c++) y[c * HW + idx] = 0;
+      }
+      this.state = y;
+      this.next = x;
+    }
+
+    sync() {}
+    dispose() {}
+  }
+
+  // WebGL2: the state as ceil(C/4) RGBA32F textures, one fragment per cell, update and mask in two passes.
+  const WCOLS = 1024; // the weight texture is 1024 vec4 wide
+  const VERT = '#version 300 es\nin vec2 a_pos;\nvoid main() { gl_Position = vec4(a_pos, 0.0, 1.0); }\n';
+
+  class WebGLBackend {
+    constructor(model) {
+      this.name = 'webgl';
+      this.model = model;
+      const canvas = document.createElement('canvas');
+      canvas.width = canvas.height = 1;
+      const gl = canvas.getContext('webgl2', { antialias: false, depth: false, stencil: false });
+      if (!gl) throw new Error('WebGL2 is not available');
+      if (!gl.getExtension('EXT_color_buffer_float')) throw new Error('WebGL2 lacks EXT_color_buffer_float');
+      this.gl = gl;
+      const info = gl.getExtension('WEBGL_debug_renderer_info');
+      this.renderer = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+      // A software rasteriser (no GPU): the plain-JS backend is faster on the same CPU.
+      this.software = /swiftshader|llvmpipe|softpipe|software/i.test(this.renderer);
+      const { C, H, W } = model;
+      this.T = Math.ceil(C / 4);
+      if (this.T > gl.getParameter(gl.MAX_DRAW_BUFFERS)) {
+        throw new Error(C + ' channels need ' + this.T + ' draw buffers; this WebGL2 has ' +
+          gl.getParameter(gl.MAX_DRAW_BUFFERS));
+      }
+      if (Math.max(H, W) > gl.getParameter(gl.MAX_TEXTURE_SIZE)) throw new Error('grid too large for WebGL2');
+      gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+      gl.pixelStorei(gl.PACK_ALIGNMENT, 1);
+      this.buildWeights();
+      this.sets = [0, 1, 2].map(() => this.makeSet());
+      this.cur = 0;
+      this.fireTex = this.makeTexture(gl.R8, W, H, gl.RED, gl.UNSIGNED_BYTE, null);
+      this.buildPrograms();
+      const vbo = gl.createBuffer();
+      gl.bindBuffer(gl.ARRAY_BUFFER, vbo);
+      gl.bufferData(gl.ARRAY_BUFFER, new Float32Array([-1, -1, 3, -1, -1, 3]), gl.STATIC_DRAW);
+      this.vao = gl.createVertexArray();
+      gl.bindVertexArray(this.vao);
+      gl.enableVertexAttribArray(0);
+      gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 0, 0);
+      this.tmp = new Float32Array(W * H * 4);
+      this.setState(model.seedState());
+      const err = gl.getError();
+      if (err !== gl.NO_ERROR) throw new Error('WebGL2 set-up failed (error ' + err + ')');
+    }
+
+    makeTexture(internal, w, h, format, type, data) {
+      const gl = this.gl;
+      const tex = gl.createTexture();
+      gl.bindTexture(gl.TEXTURE_2D, tex);
+      gl.texImage2D(gl.TEXTURE_2D, 0, internal, w, h, 0, format, type, data);
+      gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
+      gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.NEAREST);
+      gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
+      gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+      return tex;
+    }
+
+    makeSet() {
+      const gl = this.gl, { H, W } = this.model;
+      const texs = [];
+      const fbo = gl.createFramebuffer();
+      gl.bindFramebuffer(gl.FRAMEBUFFER, fbo);
+      for (let t = 0; t < this.T; t++) {
+        const tex = this.makeTexture(gl.RGBA32F, W, H, gl.RGBA, gl.FLOAT, null);
+        gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0 + t, gl.TEXTURE_2D, tex, 0);
+        texs.push(tex);
+      }
+      if (gl.checkFramebufferStatus(gl.FRAMEBUFFER) !== gl.FRAMEBUFFER_COMPLETE) {
+        throw new Error('WebGL2 cannot render to float textures here');
+      }
+      gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+      return { texs, fbo };
+    }
+
+    // Weight texture (vec4 per texel):
+    //   kernels: [t][o][ky][kx] -> channels 4t..4t+3 of operator o      (KOFF)
+    //   scale:   [t][o]                                                 (SOFF)
+    //   rows:    per hidden unit h: P4 vec4 of W1 (in the shader's perception order), vec4(b1[h]),
+    //            then T vec4 of W2[4t..4t+3][h]                         (ROFF, stride RS)
+    //   b2:      T vec4                                                  (B2OFF)
+    // The shader's perception order is q[t] = x[4t..4t+3], q[T + t*n + o] = responses of channels 4t..4t+3 to op o.
+    buildWeights() {
+      const m = this.model, gl = this.gl;
+      const { C, n, k, hidden, P } = m, T = this.T, kk = k * k;
+      const P4 = T * (1 + n);
+      this.P4 = P4;
+      this.KOFF = 0;
+      this.SOFF = this.KOFF + T * n * kk;
+      this.ROFF = this.SOFF + T * n;
+      this.RS = P4 + 1 + T;
+      this.B2OFF = this.ROFF + hidden * this.RS;
+      const total = this.B2OFF + T;
+      const rows = Math.ceil(total / WCOLS);
+      const data = new Float32Array(rows * WCOLS * 4);
+      const put = (vec, comp, value) => { data[4 * vec + comp] = value; };
+      for (let t = 0; t < T; t++) {
+        for (let comp = 0; comp < 4; comp++) {
+          const c = 4 * t + comp;
+          if (c >= C) continue;
+          for (let o = 0; o < n; o++) {
+            for (let q = 0; q < kk; q++) put(this.KOFF + (t * n + o) * kk + q, comp, m.kernels[(c * n + o) * kk + q]);
+            put(this.SOFF + t * n + o, comp, m.scale[c * n + o]);
+          }
+        }
+      }
+      for (let h = 0; h < hidden; h++) {
+        const base = this.ROFF + h * this.RS;
+        for (let t = 0; t < T; t++) {
+          for (let comp = 0; comp < 4; comp++) {
+            const c = 4 * t + comp;
+            if (c >= C) continue;
+            put(base + t, comp, m.w1[h * P + c]);
+            for (let o = 0; o < n; o++) put(base + T + t * n + o, comp, m.w1[h * P + C + c * n + o]);
+            put(base + P4 + 1 + t, comp, m.w2[c * hidden + h]);
+          }
+        }
+        put(base + P4, 0, m.b1[h]);
+      }
+      for (let c = 0; c < C; c++) put(this.B2OFF + (c >> 2), c & 3, m.b2[c]);
+      this.weightTex = this.makeTexture(gl.RGBA32F, WCOLS, rows, gl.RGBA, gl.FLOAT, data);
+    }
+
+    compile(fragSource) {
+      const gl = this.gl;
+      const shader = (type, src) => {
+        const s = gl.createShader(type);
+        gl.shaderSource(s, src);
+        gl.compileShader(s);
+        if (!gl.getShaderParameter(s, gl.COMPILE_STATUS)) throw new Error('shader: ' + gl.getShaderInfoLog(s));
+        return s;
+      };
+      const prog = gl.createProgram();
+      gl.attachShader(prog, shader(gl.VERTEX_SHADER, VERT));
+      gl.attachShader(prog, shader(gl.FRAGMENT_SHADER, fragSource));
+      gl.bindAttribLocation(prog, 0, 'a_pos');
+      gl.linkProgram(prog);
+      if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) throw new Error('link: ' + gl.getProgramInfoLog(prog));
+      return prog;
+    }
+
+    buildPrograms() {
+      const m = this.model, T = this.T, n = m.n, k = m.k;
+      const range = (a) => Array.from({ length: a }, (_, i) => i);
+      const head = '#version 300 es\nprecision highp float;\nprecision highp int;\nprecision highp sampler2D;\n' +
+        'const int W = ' + m.W + ';\nconst int H = ' + m.H + ';\nuniform float u_thr;\n' +
+        'bool inside(ivec2 p) { return p.x >= 0 && p.y >= 0 && p.x < W && p.y < H; }\n' +
+        range(T).map((t) => 'layout(location = ' + t + ') out vec4 o' + t + ';\n').join('');
+      const update = head +
+        range(T).map((t) => 'uniform sampler2D u_s' + t + ';\n').join('') +
+        'uniform sampler2D u_w;\nuniform sampler2D u_fire;\nuniform bool u_all_fire;\n' +
+        'vec4 wt(int i) { return texelFetch(u_w, ivec2(i & ' + (WCOLS - 1) + ', i >> ' + Math.log2(WCOLS) + '), 0); }\n' +
+        range(T).map((t) => 'vec4 S' + t + '(ivec2 p) { return inside(p) ? texelFetch(u_s' + t + ', p, 0) : vec4(0.0); }\n').join('') +
+        'void main() {\n' +
+        '  ivec2 c = ivec2(gl_FragCoord.xy);\n' +
+        range(T).map((t) => '  vec4 x' + t + ' = texelFetch(u_s' + t + ', c, 0);\n  o' + t + ' = x' + t + ';\n').join('') +
+        '  float amax = 0.0;\n' +
+        '  for (int dy = -2; dy <= 2; dy++) for (int dx = -2; dx <= 2; dx++) amax = max(amax, S0(c + ivec2(dx, dy)).a);\n' +
+        '  if (!(amax > u_thr)) return;\n' +
+        '  if (!u_all_fire && texelFetch(u_fire, c, 0).r < 0.5) return;\n' +
+        '  vec4 q[' + this.P4 + '];\n' +
+        range(T).map((t) => '  q[' + t + '] = x' + t + ';\n').join('') +
+        range(T * n).map((i) => '  q[' + (T + i) + '] = vec4(0.0);\n').join('') +
+        '  for (int ky = 0; ky < ' + k + '; ky++) {\n' +
+        '    for (int kx = 0; kx < ' + k + '; kx++) {\n' +
+        '      ivec2 p = c + ivec2(kx - ' + (k >> 1) + ', ky - ' + (k >> 1) + ');\n' +
+        '      if (!inside(p)) continue;\n' +
+        '      int kq = ky * ' + k + ' + kx;\n' +
+        range(T).map((t) => '      vec4 s' + t + ' = texelFetch(u_s' + t + ', p, 0);\n' +
+          range(n).map((o) => '      q[' + (T + t * n + o) + '] += s' + t + ' * wt(' +
+            (this.KOFF + (t * n + o) * k * k) + ' + kq);\n').join('')).join('') +
+        '    }\n  }\n' +
+        range(T * n).map((i) => '  q[' + (T + i) + '] *= wt(' + (this.SOFF + i) + ');\n').join('') +
+        range(T).map((t) => '  vec4 d' + t + ' = wt(' + (this.B2OFF + t) + ');\n').join('') +
+        '  for (int h = 0; h < ' + m.hidden + '; h++) {\n' +
+        '    int base = ' + this.ROFF + ' + h * ' + this.RS + ';\n' +
+        '    float a = wt(base + ' + this.P4 + ').x;\n' +
+        '    for (int j = 0; j < ' + this.P4 + '; j++) a += dot(q[j], wt(base + j));\n' +
+        '    a = max(a, 0.0);\n' +
+        range(T).map((t) => '    d' + t + ' += a * wt(base + ' + (this.P4 + 1 + t) + ');\n').join('') +
+        '  }\n' +
+        range(T).map((t) => '  o' + t + ' = x' + t + ' + d' + t + ';\n').join('') +
+        '}\n';
+      const mask = head +
+        'uniform sampler2D u_old;\n' +
+        range(T).map((t) => 'uniform sampler2D u_n' + t + ';\n').join('') +
+        'void main() {\n' +
+        '  ivec2 c = ivec2(gl_FragCoord.xy);\n' +
+        '  float pre = 0.0, post = 0.0;\n' +
+        '  for (int dy = -1; dy <= 1; dy++) for (int dx = -1; dx <= 1; dx++) {\n' +
+        '    ivec2 p = c + ivec2(dx, dy);\n' +
+        '    if (!inside(p)) continue;\n' +
+        '    pre = max(pre, texelFetch(u_old, p, 0).a);\n' +
+        '    post = max(post, texelFetch(u_n0, p, 0).a);\n' +
+        '  }\n' +
+        '  bool keep = pre > u_thr && post > u_thr;\n' +
+        range(T).map((t) => '  o' + t + ' = keep ? texelFetch(u_n' + t + ', c, 0) : vec4(0.0);\n').join('') +
+        '}\n';
+      this.updateSource = update;
+      this.update = this.compile(update);
+      this.mask = this.compile(mask);
+      const gl = this.gl;
+      this.uUpdate = { thr: gl.getUniformLocation(this.update, 'u_thr'), allFire: gl.getUniformLocation(this.update, 'u_all_fire') };
+      gl.useProgram(this.update);
+      for (let t = 0; t < T; t++) gl.uniform1i(gl.getUniformLocation(this.update, 'u_s' + t), t);
+      gl.uniform1i(gl.getUniformLocation(this.update, 'u_w'), T);
+      gl.uniform1i(gl.getUniformLocation(this.update, 'u_fire'), T + 1);
+      gl.uniform1f(this.uUpdate.thr, m.threshold);
+      gl.useProgram(this.mask);
+      gl.uniform1i(gl.getUniformLocation(this.mask, 'u_old'), 0);
+      for (let t = 0; t < T; t++) gl.uniform1i(gl.getUniformLocation(this.mask, 'u_n' + t), 1 + t);
+      gl.uniform1f(gl.getUniformLocation(this.mask, 'u_thr'), m.threshold);
+    }
+
+    bindTex(unit, tex) {
+      const gl = this.gl;
+      gl.activeTexture(gl.TEXTURE0 + unit);
+      gl.bindTexture(gl.TEXTURE_2D, tex);
+    }
+
+    draw(prog, set) {
+      const gl = this.gl;
+      gl.bindFramebuffer(gl.DRAW_FRAMEBUFFER, set.fbo);
+      gl.drawBuffers(Array.from({ length: this.T }, (_, t) => gl.COLOR_ATTACHMENT0 + t));
+      gl.viewport(0, 0, this.model.W, this.model.H);
+      gl.useProgram(prog);
+      gl.bindVertexArray(this.vao);
+      gl.drawArrays(gl.TRIANGLES, 0, 3);
+    }
+
+    step(fire) {
+      const gl = this.gl, T = this.T, { H, W } = this.model;
+      const a = this.sets[this.cur], b = this.sets[(this.cur + 1) % 3], c = this.sets[(this.cur + 2) % 3];
+      // Pass 1: a -> b, x + dx * fire (unmasked).
+      for (let t = 0; t < T; t++) this.bindTex(t, a.texs[t]);
+      this.bindTex(T, this.weightTex);
+      this.bindTex(T + 1, this.fireTex);
+      if (fire) gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, 0, W, H, gl.RED, gl.UNSIGNED_BYTE, fire);
+      gl.useProgram(this.update);
+      gl.uniform1i(this.uUpdate.allFire, fire ? 0 : 1);
+      this.draw(this.update, b);
+      // Pass 2: (a, b) -> c, b masked by alive before (a) and after (b).
+      gl.bindFramebuffer(gl.DRAW_FRAMEBUFFER, null);
+      this.bindTex(0, a.texs[0]);
+      for (let t = 0; t < T; t++) this.bindTex(1 + t, b.texs[t]);
+      this.draw(this.mask, c);
+      gl.bindFramebuffer(gl.DRAW_FRAMEBUFFER, null);
+      this.cur = (this.cur + 2) % 3;
+    }
+
+    readState() {
+      const gl = this.gl, { C, H, W } = this.model, HW = H * W, tmp = this.tmp;
+      const out = new Float32Array(C * HW);
+      gl.bindFramebuffer(gl.READ_FRAMEBUFFER, this.sets[this.cur].fbo);
+      for (let t = 0; t < this.T; t++) {
+        gl.readBuffer(gl.COLOR_ATTACHMENT0 + t);
+        gl.readPixels(0, 0, W, H, gl.RGBA, gl.FLOAT, tmp);
+        for (let comp = 0; comp < 4; comp++) {
+          const c = 4 * t + comp;
+          if (c >= C) break;
+          const plane = c * HW;
+          for (let i = 0; i < HW; i++) out[plane + i] = tmp[4 * i + comp];
+        }
+      }
+      gl.bindFramebuffer(gl.READ_FRAMEBUFFER, null);
+      return out;
+    }
+
+    setState(x) {
+      const gl = this.gl, { C, H, W } = this.model, HW = H * W, tmp = this.tmp;
+      const set = this.sets[this.cur];
+      for (let t = 0; t < this.T; t++) {
+        tmp.fill(0);
+        for (let comp = 0; comp < 4; comp++) {
+          const c = 4 * t + comp;
+          if (c >= C) break;
+          const plane = c * HW;
+          for (let i = 0; i < HW; i++) tmp[4 * i + comp] = x[plane + i];
+        }
+        gl.bindTexture(gl.TEXTURE_2D, set.texs[t]);
+        gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, 0, W, H, gl.RGBA, gl.FLOAT, tmp);
+      }
+    }
+
+    edit(fn) {
+      const x = this.readState();
+      fn(x);
+      this.setState(x);
+    }
+
+    dispose() {
+      const lose = this.gl.getExtension('WEBGL_lose_context');
+      if (lose) lose.loseContext(); // browsers keep only a few live contexts
+    }
+
+    sync() {
+      const gl = this.gl, px = new Float32Array(4);
+      gl.bindFramebuffer(gl.READ_FRAMEBUFFER, this.sets[this.cur].fbo);
+      gl.readBuffer(gl.COLOR_ATTACHMENT0);
+      gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.FLOAT, px);
+      gl.bindFramebuffer(gl.READ_FRAMEBUFFER, null);
+    }
+  }
+
+  // The automaton as the page drives it: a model, a backend, a seeded fire mask and a step counter.
+  class Automaton {
+    constructor(model, backend, seed) {
+      this.model = model;
+      this.fireRate = model.fireRate;
+      this.rngSeed = seed >>> 0;
+      this.rng = mulberry32(this.rngSeed);
+      this.steps = 0;
+      this.fireBuf = new Uint8Array(model.H * model.W);
+      this.backend = this.makeBackend(backend || 'auto');
+    }
+
+    makeBackend(kind) {
+      this.backendError = null;
+      // auto: WebGL2 on a GPU; plain JS where WebGL2 is missing or only emulated in software (measured faster).
+      if (kind !== 'js') {
+        try {
+          const gl = new WebGLBackend(this.model);
+          if (kind === 'webgl' || !gl.software) return gl;
+          gl.dispose();
+          this.backendError = 'software WebGL2 (' + gl.renderer.slice(0, 60) + '), plain JS is faster; ?backend=webgl forces it';
+        } catch (e) {
+          if (kind === 'webgl') throw e;
+          this.backendError = String(e.message || e);
+        }
+      }
+      return new CpuBackend(this.model);
+    }
+
+    fireMask() {
+      if (this.fireRate >= 1) return null;
+      const f = this.fireBuf, rate = this.fireRate, rng = this.rng;
+      // 255 = fires (the WebGL backend reads the mask as a normalised R8 texture).
+      for (let i = 0; i < f.length; i++) f[i] = rng() < rate ? 255 : 0;
+      return f;
+    }
+
+    step(n) {
+      for (let i = 0; i < n; i++) this.backend.step(this.fireMask());
+      this.steps += n;
+    }
+
+    reset(seed) {
+      if (seed !== undefined) this.rngSeed = seed >>> 0;
+      this.rng = mulberry32(this.rngSeed);
+      this.steps = 0;
+      this.backend.setState(this.model.seedState());
+    }
+
+    readState() { return this.backend.readState(); }
+    setState(x) { this.backend.setState(x); }
+    erase(row, col, radius) { this.backend.edit((x) => eraseDisc(x, this.model, row, col, radius)); }
+    eraseMany(discs) {
+      this.backend.edit((x) => { for (const d of discs) eraseDisc(x, this.model, d[0], d[1], d[2]); });
+    }
+    plant(row, col) { this.backend.edit((x) => plantSeed(x, this.model, row, col)); }
+
+    aliveCount(state) {
+      const m = this.model, x = state || this.readState(), HW = m.H * m.W, alive = new Uint8Array(HW);
+      alivePool(x.subarray(3 * HW, 4 * HW), m.H, m.W, m.threshold, alive);
+      let count = 0;
+      for (let i = 0; i < HW; i++) count += alive[i];
+      return count;
+    }
+  }
+
+  global.NCALab = { FORMAT, NCAModel, CpuBackend, WebGLBackend, Automaton, mulberry32, base64ToBuffer };
+})(window);
