@@ -10,9 +10,11 @@ How a step is computed (the fast path, used everywhere: training, tests, bench):
 - All operators of a perception are one depthwise convolution; a constant-one column is appended to the
   perception output so that the first layer's bias rides in its matrix product (no bias pass, and its gradient
   comes out of the weight-gradient product).
-- The update network (1x1 conv -> ReLU -> 1x1 conv) is one autograd function that saves only its input and
-  recomputes the 128-wide hidden layer in backward: the largest tensor of a step is never stored for the
-  backward pass (about 3x less memory per step, and less memory traffic).
+- The update network (1x1 conv -> ReLU -> 1x1 conv) is one autograd function: two matrix products forward, four
+  backward, no separate bias passes. (Recomputing its hidden layer in backward instead of storing it saves memory
+  but measured slower on CPU: ``_UpdateMLP.recompute_hidden``, off by default.)
+- On CPU, when at most ``sparse_below`` of the grid is within one cell of a live cell, only those cells are
+  perceived and updated (exact: every other cell's update is masked away).
 - ``precision="bf16"`` runs perception and update in bfloat16 (AMX / tensor cores); the state itself, the
   residual sum and the alive masks stay float32, so small updates are not rounded away step after step.
 - ``checkpoint_every=k`` checkpoints the rollout in segments of k steps (recompute instead of store).
@@ -79,9 +81,9 @@ def seed_state(batch: int, channels: int, height: int, width: int, device=None, 
 
 
 class _UpdateMLP(torch.autograd.Function):
-    """``relu(y @ w1.T) @ w2.T + b2`` on an ``N x K`` input whose last column is 1 (``w1`` carries the bias).
+    """``relu(y @ w1.T + b1) @ w2.T + b2`` on an ``N x K`` input, as matrix products (``b1`` rides in ``w1``).
 
-    Saves only ``y``: the ``N x hidden`` layer is recomputed in backward.
+    Saves ``y`` and the ``N x hidden`` layer (or recomputes the latter, see ``recompute_hidden``).
     """
 
     # Recompute the hidden layer in backward instead of storing it: ~3x less activation memory per step, but
