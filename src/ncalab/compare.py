@@ -48,6 +48,7 @@ AGGREGATE_KEYS = (
     "long_run_loss",
     "regen_recovered",
     "steps_to_threshold",
+    "divergences",
     "wall_time_s",
 )
 # The train loss a run must reach for ``steps_to_threshold`` (``--threshold``).
