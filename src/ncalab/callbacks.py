@@ -14,8 +14,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from ncalab.data import per_sample_loss, psnr
-from ncalab.media import cut_region, frames_uint8, pool_grid, record_rollout, write_video
-from ncalab.nca import NCA, to_rgb
+from ncalab.media import cut_region, eval_mode, frames_uint8, pool_grid, record_rollout, write_video
+from ncalab.nca import to_rgb
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
@@ -68,21 +68,6 @@ class FinalCheckpoint(L.Callback):
         trainer.save_checkpoint(self.path, weights_only=False)
 
 
-class _EvalMode:
-    """Evaluate the NCA in eval mode without gradients, then put it back as it was."""
-
-    def __init__(self, nca: NCA):
-        self.nca = nca
-
-    def __enter__(self) -> NCA:
-        self.was_training = self.nca.training
-        self.nca.eval()
-        return self.nca
-
-    def __exit__(self, *exc) -> None:
-        self.nca.train(self.was_training)
-
-
 class RunArtifacts(L.Callback):
     """At the end of training: ``final.png`` (target | pattern grown from the seed) and ``summary.json``;
     the summary also goes to every logger (and to the W&B run summary)."""
@@ -107,7 +92,7 @@ class RunArtifacts(L.Callback):
         steps_run = trainer.global_step - self._start_step
         target = trainer.datamodule.target.unsqueeze(0).to(pl_module.device)
         h, w = target.shape[-2:]
-        with _EvalMode(pl_module.nca) as nca:
+        with eval_mode(pl_module.nca) as nca:
             final, _ = record_rollout(nca, nca.seed(self.eval_batch, h, w), self.eval_steps, self.eval_steps)
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +169,7 @@ class RolloutMedia(L.Callback):
     def record(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> dict[str, Path]:
         dm = trainer.datamodule
         h, w = dm.height, dm.width
-        with _EvalMode(pl_module.nca) as nca:
+        with eval_mode(pl_module.nca) as nca:
             grown, growth = record_rollout(nca, nca.seed(1, h, w), self.growth_steps, self.frame_every)
             _, regrowth = record_rollout(
                 nca, cut_region(grown, self.region), self.regrow_steps, self.frame_every

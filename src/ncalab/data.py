@@ -367,10 +367,6 @@ class NCADataModule(L.LightningDataModule):
         return torch.Generator().manual_seed(seed).get_state()
 
 
-def grid_size(target: torch.Tensor) -> tuple[int, int]:
-    return int(target.shape[-2]), int(target.shape[-1])
-
-
 def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB for images in [0, 1]."""
     mse = float(((image - reference) ** 2).mean())

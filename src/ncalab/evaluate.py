@@ -19,7 +19,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ncalab.data import load_target, per_sample_loss, psnr
 from ncalab.errors import NCALabError
-from ncalab.media import REGIONS, cut_region, frames_uint8, record_rollout, write_video
+from ncalab.media import REGIONS, cut_region, eval_mode, frames_uint8, record_rollout, write_video
 from ncalab.nca import NCA, to_rgb
 
 LONG_RUN_STEPS = (500, 1000, 2000)
@@ -50,8 +50,35 @@ def evaluate_nca(
     - ``regeneration``: grow ``grow_steps``, cut each region, regrow ``regrow_steps``: the loss then, and the
       steps until the loss is back within ``recovery_factor`` x the undamaged loss (``None`` = never).
     """
-    was_training = nca.training
-    nca.eval()
+    with eval_mode(nca):
+        return _evaluate(
+            nca,
+            target,
+            horizon,
+            rollouts,
+            seed,
+            long_run_steps,
+            grow_steps,
+            regrow_steps,
+            recovery_factor,
+            video_dir,
+            fps,
+        )
+
+
+def _evaluate(
+    nca: NCA,
+    target: torch.Tensor,
+    horizon: int,
+    rollouts: int,
+    seed: int,
+    long_run_steps: tuple[int, ...],
+    grow_steps: int,
+    regrow_steps: int,
+    recovery_factor: float,
+    video_dir: Path | None,
+    fps: int,
+) -> dict[str, Any]:
     device = next(nca.parameters()).device
     target = target.to(device).unsqueeze(0)
     h, w = target.shape[-2:]
@@ -108,7 +135,6 @@ def evaluate_nca(
     result["regeneration"] = regeneration
     if video_dir is not None:
         write_video(frames_uint8(growth, 4), video_dir / "growth.mp4", fps)
-    nca.train(was_training)
     return result
 
 

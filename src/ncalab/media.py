@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -55,6 +57,17 @@ def cut_region(x: torch.Tensor, region: str) -> torch.Tensor:
     else:
         x[..., h // 4 : h - h // 4, w // 4 : w - w // 4] = 0
     return x
+
+
+@contextmanager
+def eval_mode(nca: NCA) -> Iterator[NCA]:
+    """The NCA in eval mode for the block, then back as it was (also when the block raises)."""
+    was_training = nca.training
+    nca.eval()
+    try:
+        yield nca
+    finally:
+        nca.train(was_training)
 
 
 @torch.no_grad()
