@@ -25,9 +25,11 @@ PERCEPTIONS = {
 
 def make_nca(name: str, fire_rate: float = 0.5, **kwargs) -> NCA:
     torch.manual_seed(0)
+    kwargs.setdefault("update_bias", True)  # the bias path of the fast step is covered too
     nca = NCA(PERCEPTIONS[name](), channels=CHANNELS, hidden=HIDDEN, fire_rate=fire_rate, **kwargs)
     nn.init.normal_(nca.update[-1].weight, std=0.1)
-    nn.init.normal_(nca.update[-1].bias, std=0.01)
+    if nca.update[-1].bias is not None:
+        nn.init.normal_(nca.update[-1].bias, std=0.01)
     nn.init.normal_(nca.update[0].bias, std=0.1)
     return nca
 
@@ -99,6 +101,20 @@ def test_bench_baseline_computes_the_same_rollout(name):
     torch.manual_seed(3)
     theirs = base.rollout(x, 5)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sobel3", "trainable"])
+def test_fast_path_without_last_layer_bias_matches_reference(name):
+    nca = make_nca(name, update_bias=False)
+    assert nca.update[-1].bias is None
+    x = random_state()
+    torch.manual_seed(3)
+    out = nca.rollout(x.clone(), 6)
+    torch.manual_seed(3)
+    ref = reference_rollout(nca, x.clone(), 6)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads(nca, out), grads(nca, ref), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_step_accepts_any_memory_layout():

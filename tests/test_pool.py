@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from ncalab.data import NCADataModule, SamplePool, circle_damage, per_sample_loss
+from ncalab.data import NCADataModule, SamplePool, circle_damage, damaged_count, per_sample_loss
+from ncalab.errors import ConfigError
 from ncalab.nca import seed_state
 
 C, H, W = 6, 32, 32
@@ -170,12 +171,33 @@ def test_batch_damage_zero_damages_nothing() -> None:
         assert torch.equal(x[k], pool.states[new_idx[k]])
 
 
-def test_batch_damage_n_larger_than_batch_spares_the_seed() -> None:
+def test_batch_damage_n_larger_than_batch_spares_the_seed_and_one_more() -> None:
     pool, seed, target = _valued_pool([0.4, 0.3, 0.2, 0.1])
     new_idx, x = pool.batch(torch.arange(4), target, damage_n=10, generator=_gen(0))
     assert torch.equal(x[0], seed)
-    for k in range(1, 4):
+    # The worst non-seed sample is left alone: damage never takes every sample of a batch.
+    assert torch.equal(x[1], pool.states[new_idx[1]])
+    for k in range(2, 4):
         assert int(_hole_mask(pool.states[new_idx[k]], x[k]).sum()) > 0
+
+
+@pytest.mark.parametrize(
+    "share, batch, expected",
+    [(0.375, 8, 3), (0.375, 4, 1), (0.375, 2, 0), (0.25, 4, 1), (0.0, 8, 0), (0.5, 4, 2), (0.75, 8, 6)],
+)
+def test_damaged_count_is_a_share_of_the_batch(share, batch, expected) -> None:
+    assert damaged_count(share, batch) == expected
+
+
+@pytest.mark.parametrize("share, batch", [(0.75, 4), (0.9, 8), (1.0, 8), (-0.1, 8), (0.5, 2)])
+def test_damaged_count_refuses_a_share_that_damages_every_sample(share, batch) -> None:
+    with pytest.raises(ConfigError, match="data.damage_share"):
+        damaged_count(share, batch)
+
+
+def test_datamodule_refuses_a_damage_share_that_leaves_nothing_undamaged() -> None:
+    with pytest.raises(ConfigError, match=r"data\.damage_share=0\.8.*at most 2"):
+        _dm(batch_size=4, damage_share=0.8)
 
 
 def test_batch_returns_copies() -> None:
@@ -295,7 +317,7 @@ def _dm(**kw) -> NCADataModule:
         pool_size=16,
         batch_size=4,
         channels=16,
-        damage_n=1,
+        damage_share=0.25,
         steps_per_epoch=5,
         seed=0,
     )
@@ -321,7 +343,7 @@ def test_datamodule_shapes_and_initial_pool() -> None:
 
 
 def test_growing_mode_always_seeds_and_ignores_write_back() -> None:
-    dm = _dm(mode="growing", damage_n=3)
+    dm = _dm(mode="growing", damage_share=0.5)
     assert dm.damage_n == 0
     assert len(dm.pool) == dm.batch_size
     seed = seed_state(1, 16, 20, 20)[0]
@@ -337,7 +359,7 @@ def test_growing_mode_always_seeds_and_ignores_write_back() -> None:
 
 
 def test_persistent_mode_has_no_damage() -> None:
-    dm = _dm(mode="persistent", damage_n=3)
+    dm = _dm(mode="persistent", damage_share=0.5)
     assert dm.damage_n == 0
     _fill_pool_nonzero(dm)
     before = dm.pool.states.clone()
@@ -354,7 +376,7 @@ def test_persistent_mode_has_no_damage() -> None:
 
 
 def test_regenerating_mode_damages() -> None:
-    dm = _dm(mode="regenerating", damage_n=1)
+    dm = _dm(mode="regenerating", damage_share=0.25)
     _fill_pool_nonzero(dm)
     before = dm.pool.states.clone()
     new_idx, x = dm.make_batch(dm.sample_indices())

@@ -106,7 +106,10 @@ class BaselineNCA(nn.Module):
             base.fc0.weight.copy_(torch.cat([ident, resp], dim=1))  # op-major: identity, op0 c..., op1 c...
             base.fc0.bias.copy_(nca.update[0].bias)
             base.fc1.weight.copy_(nca.update[2].weight.flatten(1))
-            base.fc1.bias.copy_(nca.update[2].bias)
+            if nca.update[2].bias is not None:
+                base.fc1.bias.copy_(nca.update[2].bias)
+            else:
+                base.fc1.bias.zero_()
         return base
 
     def alive(self, x: torch.Tensor) -> torch.Tensor:

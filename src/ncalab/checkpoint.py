@@ -17,6 +17,7 @@ COMPATIBLE_KEYS = (
     "perception",
     "model.channels",
     "model.hidden",
+    "model.update_bias",
     "data.target_size",
     "data.padding",
     "data.pool_size",
@@ -40,8 +41,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+# What a key meant in checkpoints written before it existed.
+LEGACY_DEFAULTS = {"model.update_bias": True}
+
+
 def _select(config: dict, key: str) -> Any:
-    return OmegaConf.select(OmegaConf.create(config), key)
+    return OmegaConf.select(OmegaConf.create(config), key, default=LEGACY_DEFAULTS.get(key))
 
 
 def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
@@ -69,8 +74,11 @@ def load_nca(path: str | Path) -> tuple[NCA, dict[str, Any]]:
     ckpt = read_checkpoint(path)
     config = ckpt["hyper_parameters"]["config"]
     perception = instantiate(config["perception"])
-    nca = NCA(perception, **config["model"])
     state = {k.removeprefix("nca."): v for k, v in ckpt["state_dict"].items() if k.startswith("nca.")}
+    model = dict(config["model"])
+    # Checkpoints written before model.update_bias existed always had the bias.
+    model.setdefault("update_bias", "update.2.bias" in state)
+    nca = NCA(perception, **model)
     try:
         nca.load_state_dict(state)
     except RuntimeError as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ncalab.data import MODES
+from ncalab.data import MODES, damaged_count
 from ncalab.errors import ConfigError
 from ncalab.guard import ACTIONS
 from ncalab.lit_module import GRAD_MODES
@@ -44,7 +44,10 @@ RULES: dict[str, Rule] = {
     "data.pool_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data.batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data.mode": (lambda v: v in MODES, " | ".join(MODES)),
-    "data.damage_n": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "data.damage_share": (
+        lambda v: _is_number(v) and 0 <= v < 1,
+        "a number in [0, 1): the share of a batch damaged",
+    ),
     "data.steps_per_epoch": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "optim.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "optim.gamma": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
@@ -58,6 +61,8 @@ RULES: dict[str, Rule] = {
         ),
         "two numbers in [0, 1), e.g. [0.9, 0.999]",
     ),
+    "loss.overflow_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "loss.overflow_bound": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "grad.mode": (lambda v: v in GRAD_MODES, " | ".join(GRAD_MODES)),
     "grad.max_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "trainer.max_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -94,11 +99,7 @@ def validate(cfg: DictConfig) -> None:
             f"data.batch_size={values['data.batch_size']} is above data.pool_size={values['data.pool_size']}; "
             "a batch is drawn from the pool without replacement"
         )
-    if values["data.mode"] == "regenerating" and values["data.damage_n"] >= values["data.batch_size"]:
-        raise ConfigError(
-            f"data.damage_n={values['data.damage_n']} must be below data.batch_size={values['data.batch_size']} "
-            "(one sample of each batch is reseeded, at most the rest are damaged)"
-        )
+    damaged_count(values["data.damage_share"], values["data.batch_size"])  # raises naming both keys
     devices = OmegaConf.select(cfg, "trainer.devices")
     nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1
     if _is_int(devices) and _is_int(nodes) and devices * nodes > 1 and values["data.mode"] != "growing":

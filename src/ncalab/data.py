@@ -123,6 +123,28 @@ def circle_damage(
     return x * (~hole).unsqueeze(1).to(x.device, x.dtype)
 
 
+def max_damaged(batch_size: int) -> int:
+    """The most samples of a batch that may be damaged: all but the reseeded one and at least one left alone."""
+    return max(batch_size - 2, 0)
+
+
+def damaged_count(damage_share: float, batch_size: int) -> int:
+    """How many samples of a batch get a hole: ``floor(damage_share * batch_size)`` (Distill: 3 of 8).
+
+    Raises :class:`ConfigError` when that would leave no sample besides the reseeded one undamaged.
+    """
+    if not 0.0 <= damage_share < 1.0:
+        raise ConfigError(f"data.damage_share={damage_share!r} must be in [0, 1) (a share of the batch)")
+    n = math.floor(damage_share * batch_size + 1e-9)
+    if n > max_damaged(batch_size):
+        raise ConfigError(
+            f"data.damage_share={damage_share} damages {n} of data.batch_size={batch_size} samples; one sample "
+            f"of each batch is reseeded and at least one must be left undamaged, so at most {max_damaged(batch_size)} "
+            f"may be damaged (data.damage_share<={max_damaged(batch_size) / batch_size:.3g})"
+        )
+    return n
+
+
 def per_sample_loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE of the RGBA channels against the target, one value per sample."""
     return ((x[:, : ALPHA + 1] - target) ** 2).mean(dim=(1, 2, 3))
@@ -161,12 +183,13 @@ class SamplePool:
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """States at ``idx`` sorted by loss (worst first); the worst is replaced by the seed and the
-        ``damage_n`` best get a circular hole. Returns ``(idx, states)`` in the new order."""
+        ``damage_n`` best get a circular hole (at most :func:`max_damaged`: the reseeded sample and one more are
+        never damaged, so every batch trains the pattern to persist). Returns ``(idx, states)`` in the new order."""
         x = self.states[idx].clone()
         order = per_sample_loss(x, target).argsort(descending=True)
         idx, x = idx[order], x[order]
         x[0] = self.seed
-        n = min(damage_n, len(idx) - 1)  # the reseeded sample is never damaged
+        n = min(damage_n, max_damaged(len(idx)))
         if n > 0:
             x[-n:] = circle_damage(x[-n:], generator)
         return idx, x
@@ -215,7 +238,7 @@ class NCADataModule(L.LightningDataModule):
         pool_size: int = 1024,
         batch_size: int = 8,
         mode: str = "regenerating",
-        damage_n: int = 3,
+        damage_share: float = 0.375,
         steps_per_epoch: int = 100,
         seed: int = 0,
     ):
@@ -227,7 +250,10 @@ class NCADataModule(L.LightningDataModule):
         self.pool_size = pool_size
         self.batch_size = batch_size
         self.mode = mode
-        self.damage_n = damage_n if mode == "regenerating" else 0
+        self.damage_share = damage_share
+        # Damaged samples per batch; checked for every mode so that a bad value is refused, used when regenerating.
+        damaged = damaged_count(damage_share, batch_size)
+        self.damage_n = damaged if mode == "regenerating" else 0
         self.steps_per_epoch = steps_per_epoch
         self.seed = seed
         self.target = load_target(target, target_size, padding, allow_upscale)

@@ -18,6 +18,14 @@ GRAD_MODES = ("off", "normalize", "clip")
 log = logging.getLogger("ncalab")
 
 
+def overflow(x: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    """Mean amount by which state values leave ``[-bound, bound]`` (zero for a state inside it).
+
+    A penalty on it keeps hidden channels, which the image loss leaves free, from growing without limit.
+    """
+    return (x - x.clamp(-bound, bound)).abs().mean()
+
+
 class NCALitModule(L.LightningModule):
     """Trains an :class:`NCA` to grow (and hold, and regrow) the DataModule's target.
 
@@ -34,6 +42,8 @@ class NCALitModule(L.LightningModule):
         gamma: float = 0.1,
         grad_mode: str = "normalize",
         grad_max_norm: float = 1.0,
+        overflow_weight: float = 0.0,
+        overflow_bound: float = 1.0,
         min_steps: int = 64,
         max_steps: int = 96,
         backprop_steps: int | None = None,
@@ -53,6 +63,8 @@ class NCALitModule(L.LightningModule):
         self.gamma = gamma
         self.grad_mode = grad_mode
         self.grad_max_norm = grad_max_norm
+        self.overflow_weight = overflow_weight
+        self.overflow_bound = overflow_bound
         self.min_steps = min_steps
         self.max_steps = max_steps
         self.backprop_steps = backprop_steps
@@ -89,6 +101,12 @@ class NCALitModule(L.LightningModule):
         losses = per_sample_loss(x, target)
         loss = losses.mean()
         self._loss_value = float(loss.detach())
+        if self.overflow_weight > 0:
+            over = overflow(x, self.overflow_bound)
+            self.log("train/overflow", over.detach())
+            total = loss + self.overflow_weight * over
+        else:
+            total = loss
         self._state_max = float(x.detach().abs().max())
         dm.write_back(idx, x)
         # Logged: the mean over all processes under DDP (a copy: reduce works in place); with one, the loss itself.
@@ -102,7 +120,7 @@ class NCALitModule(L.LightningModule):
         if isinstance(scale, torch.Tensor):
             for i, value in enumerate(scale.detach().flatten().tolist()):
                 self.log(f"perception/scale_{i}", value)
-        return loss
+        return total
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Rollout, backward and optimiser step: the whole training step.

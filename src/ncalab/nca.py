@@ -94,13 +94,13 @@ class _UpdateMLP(torch.autograd.Function):
     def forward(ctx, y, w1, b1, w2, b2):
         w1a = torch.cat([w1, b1[:, None]], dim=1).to(y.dtype)
         h = torch.mm(y, w1a.t()).relu_()
-        w2c, b2c = w2.to(y.dtype), b2.to(y.dtype)
-        out = torch.addmm(b2c, h, w2c.t())
+        w2c = w2.to(y.dtype)
+        out = torch.mm(h, w2c.t()) if b2 is None else torch.addmm(b2.to(y.dtype), h, w2c.t())
         if _UpdateMLP.recompute_hidden:
             ctx.save_for_backward(y, w1a, w2c)
         else:
             ctx.save_for_backward(y, w1a, w2c, h)
-        ctx.dtypes = (w1.dtype, b1.dtype, w2.dtype, b2.dtype)
+        ctx.dtypes = (w1.dtype, b1.dtype, w2.dtype, None if b2 is None else b2.dtype)
         return out
 
     @staticmethod
@@ -109,18 +109,23 @@ class _UpdateMLP(torch.autograd.Function):
         g = g.to(y.dtype).contiguous()
         h = saved[0] if saved else torch.mm(y, w1a.t()).relu_()
         g_w2 = torch.mm(g.t(), h)
-        g_b2 = g.sum(0)
+        g_b2 = g.sum(0) if ctx.needs_input_grad[4] else None
         g_h = torch.mm(g, w2c)
         g_h = torch.ops.aten.threshold_backward(g_h, h, 0.0)
         del h
         g_w1a = torch.mm(g_h.t(), y)
         g_y = torch.mm(g_h, w1a) if ctx.needs_input_grad[0] else None
         d_w1, d_b1, d_w2, d_b2 = ctx.dtypes
-        return g_y, g_w1a[:, :-1].to(d_w1), g_w1a[:, -1].to(d_b1), g_w2.to(d_w2), g_b2.to(d_b2)
+        g_b2 = None if g_b2 is None else g_b2.to(d_b2)
+        return g_y, g_w1a[:, :-1].to(d_w1), g_w1a[:, -1].to(d_b1), g_w2.to(d_w2), g_b2
 
 
 class NCA(nn.Module):
     """perception -> 1x1 conv to ``hidden`` -> ReLU -> 1x1 conv to ``channels`` (zero-initialised).
+
+    ``update_bias``: whether the last 1x1 conv has a bias. Off by default, as in the Distill model: a bias there
+    adds the same vector to every firing cell at every step, and the smallest error in it accumulates into a
+    drift of the whole state over thousands of steps (measured: the pattern dissolves; see README).
 
     ``precision``: ``fp32`` or ``bf16`` (perception and update network in bfloat16, state in float32).
     ``checkpoint_every``: ``None`` or k, gradient checkpointing of the rollout in segments of k steps.
@@ -135,6 +140,7 @@ class NCA(nn.Module):
         alive_threshold: float = 0.1,
         precision: str = "fp32",
         checkpoint_every: int | None = None,
+        update_bias: bool = False,
     ):
         super().__init__()
         if perception.channels != channels:
@@ -155,15 +161,17 @@ class NCA(nn.Module):
         self.alive_threshold = alive_threshold
         self.precision = precision
         self.checkpoint_every = checkpoint_every
+        self.update_bias = bool(update_bias)
         self.perception = perception
         self.update = nn.Sequential(
             nn.Conv2d(perception.out_channels, hidden, kernel_size=1),
             nn.ReLU(),
-            nn.Conv2d(hidden, channels, kernel_size=1),
+            nn.Conv2d(hidden, channels, kernel_size=1, bias=self.update_bias),
         )
         # Zero last layer: the untrained automaton leaves the seed as it is, so early training is stable.
         nn.init.zeros_(self.update[-1].weight)
-        nn.init.zeros_(self.update[-1].bias)
+        if self.update_bias:
+            nn.init.zeros_(self.update[-1].bias)
         self._step: Callable[[torch.Tensor], torch.Tensor] = self.step
         self._compiled = False
         # Update only cells near live ones when at most this fraction of the grid needs it (CPU only).
@@ -217,7 +225,8 @@ class NCA(nn.Module):
             w1, w2 = l1.weight.flatten(1), l2.weight.flatten(1)
             if self._compiled:  # plain ops: inductor fuses them itself
                 w1a = torch.cat([w1, l1.bias[:, None]], dim=1).to(y.dtype)
-                dx = F.linear(F.linear(y, w1a).relu(), w2.to(y.dtype), l2.bias.to(y.dtype))
+                b2 = None if l2.bias is None else l2.bias.to(y.dtype)
+                dx = F.linear(F.linear(y, w1a).relu(), w2.to(y.dtype), b2)
             else:
                 dx = _UpdateMLP.apply(y, w1, l1.bias, w2, l2.bias)
             if rate < 1.0:

@@ -1,0 +1,79 @@
+"""The training recipe that makes patterns hold: no last-layer bias, damage as a share, the overflow penalty."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from ncalab.checkpoint import load_nca, read_checkpoint
+from ncalab.errors import CheckpointError
+from ncalab.lit_module import overflow
+from ncalab.nca import NCA
+from ncalab.perception import FixedPerception
+from ncalab.train import run
+
+
+def _metrics(run_dir) -> list[dict]:
+    rows = []
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        with path.open() as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+def test_last_layer_has_no_bias_by_default():
+    nca = NCA(FixedPerception(16), channels=16, hidden=32)
+    assert nca.update[-1].bias is None
+    assert NCA(FixedPerception(16), channels=16, hidden=32, update_bias=True).update[-1].bias is not None
+
+
+def test_untrained_model_keeps_its_seed():
+    nca = NCA(FixedPerception(16), channels=16, hidden=32, fire_rate=1.0)
+    x = nca.seed(1, 9, 9)
+    assert torch.equal(nca.step(x), x)
+
+
+def test_overflow_is_zero_inside_the_bound_and_grows_outside():
+    inside = torch.full((1, 16, 4, 4), 0.9)
+    assert float(overflow(inside)) == 0.0
+    outside = inside.clone()
+    outside[0, 5, 0, 0] = 3.0  # 2 above the bound, in one of 256 values
+    assert float(overflow(outside)) == pytest.approx(2.0 / 256)
+    assert float(overflow(-outside, bound=2.0)) == pytest.approx(1.0 / 256)
+
+
+def test_overflow_penalty_is_trained_and_logged(smoke_cfg, tmp_path):
+    run(smoke_cfg("loss.overflow_weight=1.0"))
+    rows = [r for r in _metrics(tmp_path / "run") if r.get("train/overflow")]
+    assert len(rows) == 4 and all(float(r["train/overflow"]) >= 0 for r in rows)
+
+
+def test_checkpoint_from_before_update_bias_loads_with_its_bias(smoke_cfg, tmp_path):
+    run(smoke_cfg("model.update_bias=true"))
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = read_checkpoint(path)
+    del ckpt["hyper_parameters"]["config"]["model"]["update_bias"]  # as written before the key existed
+    ckpt["state_dict"]["nca.update.2.bias"] = torch.full((16,), 0.01)
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    nca, _ = load_nca(old)
+    assert nca.update_bias and torch.equal(nca.update[-1].bias, torch.full((16,), 0.01))
+    # resuming it in a run without the bias is refused, naming the key
+    with pytest.raises(CheckpointError, match="model.update_bias"):
+        run(smoke_cfg(f"ckpt_path={old}", out=tmp_path / "resumed"))
+
+
+def test_a_batch_damages_its_share_and_leaves_the_rest(smoke_cfg):
+    from hydra.utils import instantiate
+
+    dm = instantiate(smoke_cfg("data.damage_share=0.5", "data.batch_size=4").data)
+    assert dm.damage_n == 2
+    dm.pool.states = torch.rand(dm.pool.states.shape) + 0.1  # no zeros anywhere: a hole shows
+    before = dm.pool.states.clone()
+    idx, x = dm.make_batch(dm.sample_indices())
+    assert torch.equal(x[0], dm.pool.seed)  # the worst is reseeded
+    assert torch.equal(x[1], before[idx[1]])  # one is left alone
+    for k in (2, 3):  # the two best get a hole
+        assert bool((x[k] == 0).all(dim=0).any())
