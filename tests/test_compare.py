@@ -117,7 +117,7 @@ def test_main_prints_aligned_table_with_hand_computed_aggregates(sweep, capsys):
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("job"))
     columns = (
-        "job overrides status train_loss eval_loss psnr_db ssim loss@long regrown/5 steps<thr diverged "
+        "job overrides status train_loss eval_loss psnr_db ssim loss@long holds_steps regrown/5 steps<thr diverged "
         "wall_s s/iter steps params"
     ).split()
     assert header.split() == columns
@@ -199,19 +199,50 @@ def test_evaluation_and_curve_give_the_derived_columns():
 
     evaluation = {
         "ssim": 0.9,
-        "long_run": {"loss": {"500": 0.01, "2000": 0.2, "1000": 0.05}, "non_finite": False},
+        "long_run": {
+            "loss": {"500": 0.01, "2000": 0.2, "1000": 0.05},
+            "non_finite": False,
+            "holds_steps": 1000,
+        },
         "regeneration": {
             "grow_steps": 200,
-            "left": {"steps_to_recover": 12},
-            "right": {"steps_to_recover": None},
-            "top": {"steps_to_recover": 3},
-            "bottom": {"steps_to_recover": None},
-            "center": {"steps_to_recover": 40},
+            "grown": True,
+            "regrown": 2,
+            "left": {"steps_to_recover": 12, "regrown": True},
+            "right": {"steps_to_recover": None, "regrown": False},
+            "top": {"steps_to_recover": 3, "regrown": True},
+            "bottom": {"steps_to_recover": None, "regrown": False},
+            "center": {"steps_to_recover": 40, "regrown": False},  # the cut did no damage
         },
     }
     curve = [(0, 0.5), (1, 0.02), (2, 0.009), (3, 0.004)]
     derived = derive_metrics(evaluation, curve, {"divergences": 2}, threshold=0.01)
     assert derived["steps_to_threshold"] == 2
     assert derived["long_run_loss"] == 0.2 and derived["long_run_step"] == 2000
-    assert derived["regen_recovered"] == 3 and derived["ssim"] == 0.9 and derived["divergences"] == 2
+    assert derived["holds_steps"] == 1000 and derived["grown"] is True
+    assert derived["regrown"] == 2 and derived["ssim"] == 0.9 and derived["divergences"] == 2
     assert derive_metrics(None, curve, {}, threshold=0.001) == {"steps_to_threshold": None}
+    # an evaluation.json from before the "grown" rule: its recovered cuts are not shown as regrown
+    old = {"regeneration": {r: {"steps_to_recover": 1} for r in ("left", "right", "top", "bottom", "center")}}
+    assert derive_metrics(old, [], {})["regrown"] is None
+
+
+def test_summary_holds_steps_and_regrown_show_in_the_table(sweep, capsys):
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    summary.update(holds_steps=2000, grown=True, regrown=3)
+    (sweep / "0" / "summary.json").write_text(json.dumps(summary))
+    (sweep / "1" / "evaluation.json").write_text(
+        json.dumps({"long_run": {"loss": {"500": 0.1}, "holds_steps": 500}, "regeneration": {"regrown": 0}})
+    )
+    code, out, err = run_main(capsys, sweep)
+    assert code == 0, err
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("job")).split()
+    holds, regrown = header.index("holds_steps"), header.index("regrown/5")
+    row0 = next(line for line in lines if line.startswith("0 ")).split()
+    row1 = next(line for line in lines if line.startswith("1 ")).split()
+    # the overrides cell holds two words: shift by one after it
+    assert (row0[holds + 1], row0[regrown + 1]) == ("2,000", "3")
+    assert (row1[holds + 1], row1[regrown + 1]) == ("500", "0")
+    agg = next(line for line in lines if line.startswith("perception=sobel3 "))
+    assert "1,250 ± 1.1e+03" in agg and "1.5 ± 2.1" in agg

@@ -1,29 +1,295 @@
-"""`python -m ncalab.evaluate`: quality, long-run stability and regeneration of a trained checkpoint."""
+"""`python -m ncalab.evaluate`: quality, persistence and regeneration of a checkpoint or an exported model folder;
+and the one end-of-run measurement that summary.json, evaluation.json and final.png all come from."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT
+from PIL import Image
 
-from ncalab.evaluate import evaluate_nca
-from ncalab.media import REGIONS
+from ncalab.evaluate import (
+    HOLD_FACTOR,
+    evaluate_model,
+    evaluate_nca,
+    holds_steps,
+    long_run,
+    main,
+    measure_nca,
+    parse_steps,
+)
+from ncalab.media import REGIONS, frames_uint8
 from ncalab.nca import NCA
 from ncalab.perception import FixedPerception
 from ncalab.train import run
 
+SMALL = dict(rollouts=2, long_run_steps=(16, 32), grow_steps=8, regrow_steps=8)
+
 
 @pytest.fixture(scope="module")
-def smoke_checkpoint(tmp_path_factory):
+def smoke_run(tmp_path_factory):
     from conftest import make_cfg
 
     out = tmp_path_factory.mktemp("eval") / "run"
     run(make_cfg(out, "experiment=smoke", "logger=csv"))
-    return out / "checkpoints" / "last.ckpt"
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke_checkpoint(smoke_run):
+    return smoke_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def smoke_folder(smoke_checkpoint, tmp_path_factory):
+    from ncalab.demo import export_checkpoint
+
+    folder = tmp_path_factory.mktemp("exported") / "smoke"
+    export_checkpoint(smoke_checkpoint, folder)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------- persistence
+
+
+def _identity_nca(**kwargs) -> NCA:
+    # Untrained: the last layer is zero, so the update is exactly zero and no state ever changes.
+    return NCA(FixedPerception(16, "sobel3"), hidden=8, **kwargs)
+
+
+def _square_target() -> torch.Tensor:
+    """An opaque 4x4 square of one colour (premultiplied RGBA) in a 12x12 grid."""
+    target = torch.zeros(4, 12, 12)
+    target[:3, 4:8, 4:8] = torch.tensor([0.5, 0.2, 0.8]).view(3, 1, 1)
+    target[3, 4:8, 4:8] = 1.0
+    return target
+
+
+def _state_of(target: torch.Tensor) -> torch.Tensor:
+    x = torch.zeros(1, 16, *target.shape[-2:])
+    x[:, :4] = target
+    return x
+
+
+def test_holds_steps_is_the_last_check_before_the_first_failure():
+    assert holds_steps([(16, 0.1), (32, 0.2), (64, 0.3)], 0.1) == 32  # 0.2 <= 2 x 0.1 < 0.3
+    assert holds_steps([(64, 0.1), (16, 0.1), (32, 0.5)], 0.1) == 16  # checks are taken in step order
+    assert holds_steps([(16, 0.1), (32, 0.5), (64, 0.1)], 0.1) == 16  # a later pass does not count
+    assert holds_steps([(16, 0.3), (32, 0.1)], 0.1) == 0
+    assert holds_steps([(16, 0.1), (32, None)], 0.1) == 16  # None: a non-finite state fails
+    assert holds_steps([(16, math.nan)], 0.1) == 0
+    assert holds_steps([(16, 0.1)], math.nan) == 0
+    assert holds_steps([(16, 0.3)], 0.1, factor=3.0) == 16
+    assert HOLD_FACTOR == 2.0
+
+
+def test_a_zero_update_started_from_the_target_holds_to_the_last_check():
+    target = _square_target()
+    result = long_run(_identity_nca(), _state_of(target), target, (10, 100, 1000), horizon_loss=0.0)
+    assert result["loss"] == {"10": 0.0, "100": 0.0, "1000": 0.0}
+    assert result["holds_steps"] == 1000 and result["non_finite"] is False
+    assert result["hold_factor"] == HOLD_FACTOR
+
+
+def test_a_constant_update_drifts_away_and_does_not_hold():
+    target = _square_target()
+    nca = _identity_nca(update_bias=True, fire_rate=1.0)
+    with torch.no_grad():
+        nca.update[-1].bias.fill_(1e-3)  # every live cell gains 1e-3 in every channel at every step
+    x0 = _state_of(target)
+    with torch.no_grad():
+        after_one = float(((nca.step(x0)[:, :4] - target) ** 2).mean())
+    result = long_run(nca, x0, target, (1, 2, 8), horizon_loss=after_one)
+    # the error after k steps is k x 1e-3 on every live cell: the loss grows as k^2, 4x at step 2
+    assert result["loss"]["2"] == pytest.approx(4 * after_one, rel=1e-3)
+    assert result["holds_steps"] == 1 < 8
+    assert result["non_finite"] is False
+
+
+def test_a_model_that_never_moves_is_grown_but_never_regrows():
+    target = torch.zeros(4, 12, 12)
+    target[3, 6, 6] = 1.0  # exactly the seed's RGBA: the untouched seed is perfect
+    result = evaluate_nca(
+        _identity_nca(), target, horizon=8, rollouts=2, long_run_steps=(4, 8), grow_steps=4, regrow_steps=4
+    )
+    assert result["long_run"]["non_finite"] is False
+    assert result["long_run"]["loss"]["4"] == result["long_run"]["loss"]["8"] == 0.0
+    assert result["long_run"]["holds_steps"] == 8
+    regen = result["regeneration"]
+    assert regen["grown"] is True  # the seed is the whole pattern here
+    # cutting the centre removes the seed for good; cutting the left half misses it: no damage, nothing regrown
+    assert regen["center"]["damaged"] is True and regen["center"]["steps_to_recover"] is None
+    assert regen["left"]["damaged"] is False and regen["left"]["steps_to_recover"] == 1
+    assert not any(regen[r]["regrown"] for r in REGIONS) and regen["regrown"] == 0
+
+
+def test_a_seed_that_grows_nothing_is_not_grown_and_regrows_nothing():
+    from ncalab.data import load_target
+
+    target = load_target("flower", 12, 4)
+    result = evaluate_nca(
+        _identity_nca(), target, horizon=8, rollouts=1, long_run_steps=(8,), grow_steps=8, regrow_steps=4
+    )
+    regen = result["regeneration"]
+    assert regen["grown"] is False and regen["undamaged_psnr"] < regen["grown_psnr_min"]
+    assert regen["regrown"] == 0
+    # before the "grown" rule these cuts counted as regrown: the loss never rose, so it was "back" at once
+    assert sum(regen[r]["steps_to_recover"] is not None for r in REGIONS) == 5
+
+
+def test_a_diverging_model_is_reported_non_finite():
+    nca = _identity_nca(update_bias=True)
+    with torch.no_grad():
+        nca.update[-1].bias.fill_(3e38)  # live cells overflow within two updates
+    target = torch.zeros(4, 12, 12)
+    result = evaluate_nca(
+        nca, target, horizon=4, rollouts=1, long_run_steps=(4,), grow_steps=2, regrow_steps=2
+    )
+    assert result["long_run"]["non_finite"] is True
+    assert result["long_run"]["loss"]["4"] is None
+    assert result["long_run"]["holds_steps"] == 0
+    assert result["regeneration"]["grown"] is False and result["regeneration"]["regrown"] == 0
+
+
+def test_parse_steps():
+    assert parse_steps("2000, 500,1000,500") == (500, 1000, 2000)
+    assert parse_steps([16, 32.0]) == (16, 32)
+    for bad in ("5,x", "", "0,5", "-3", "1.5", [16, True]):
+        with pytest.raises(ValueError):
+            parse_steps(bad)
+
+
+# --------------------------------------------------------------------------------------------- end of run
+
+
+def test_the_end_of_run_summary_image_and_evaluation_are_one_measurement(smoke_run, smoke_checkpoint):
+    from ncalab.checkpoint import load_nca
+    from ncalab.data import load_target
+
+    evaluation = json.loads((smoke_run / "evaluation.json").read_text())
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert set(evaluation["long_run"]["loss"]) == {"16", "32"}
+    assert set(evaluation["regeneration"]) >= set(REGIONS)
+    assert summary["psnr"] == evaluation["psnr"] and summary["ssim"] == evaluation["ssim"]
+    assert summary["eval_loss"] == evaluation["loss"] and summary["eval_steps"] == evaluation["horizon"] == 24
+    assert summary["holds_steps"] == evaluation["long_run"]["holds_steps"]
+    assert summary["regrown"] == evaluation["regeneration"]["regrown"]
+    assert summary["grown"] == evaluation["regeneration"]["grown"]
+    # 4 training steps grow nothing but the seed: nothing to cut, so nothing counts as regrown
+    assert summary["grown"] is False and summary["regrown"] == 0
+
+    # Measured again from the checkpoint with the callback's settings: the same numbers, and final.png shows
+    # the pattern that measurement grew.
+    nca, config = load_nca(smoke_checkpoint)
+    data = config["data"]
+    target = load_target(data["target"], data["target_size"], data["padding"])
+    again = measure_nca(
+        nca,
+        target,
+        24,
+        rollouts=2,
+        long_run_steps=(16, 32),
+        grow_steps=16,
+        regrow_steps=8,
+        seed=config["seed"],
+    )
+    assert json.loads(json.dumps(again.result)) == evaluation
+    with Image.open(smoke_run / "final.png") as im:
+        shown = np.asarray(im.convert("RGB"))
+    grown = frames_uint8([again.grown], 4)[0].transpose(1, 2, 0)
+    assert np.array_equal(shown[:, -grown.shape[1] :], grown)
+
+
+# --------------------------------------------------------------------------------------------- models on disk
+
+
+def test_an_exported_folder_evaluates_exactly_like_its_checkpoint(smoke_checkpoint, smoke_folder):
+    from_ckpt = evaluate_model(smoke_checkpoint, **SMALL)
+    from_folder = evaluate_model(smoke_folder, **SMALL)
+    assert from_ckpt.pop("kind") == "checkpoint" and from_folder.pop("kind") == "folder"
+    assert from_ckpt.pop("model") == str(smoke_checkpoint) and from_folder.pop("model") == str(smoke_folder)
+    assert from_folder == from_ckpt
+    assert from_folder["perception"] == "sobel3"
+
+
+def test_the_folder_model_is_built_from_its_tensors_alone(smoke_folder, tmp_path):
+    from ncalab.demo import FORMAT
+    from ncalab.exported import MODEL_FORMAT, StoredPerception, load_model_folder
+
+    assert MODEL_FORMAT == FORMAT  # the reader follows the exporter's layout
+
+    meta = json.loads((smoke_folder / "model.json").read_text())
+    meta["perception"]["class"] = "no.such.Module"  # names in the file are labels, never looked up
+    meta["config"]["perception"]["_target_"] = "no.such.Module"
+    folder = tmp_path / "renamed"
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps(meta))
+    (folder / "model.bin").write_bytes((smoke_folder / "model.bin").read_bytes())
+    nca, _ = load_model_folder(folder)
+    assert isinstance(nca.perception, StoredPerception) and nca.update_bias is False  # the smoke b2 is zero
+
+
+def test_the_shipped_flower_rebuilds_with_its_bias():
+    from ncalab.demo import pretrained_dir
+    from ncalab.exported import load_model_folder
+
+    nca, meta = load_model_folder(pretrained_dir("flower"))
+    assert nca.update_bias is True and nca.hidden == meta["hidden"]  # its b2 is not zero
+    assert nca.perception.kernel_size == 3 and nca.perception.n_ops == 2
+
+
+@pytest.mark.parametrize("damage", ["missing", "no_json", "bad_json", "no_bin", "short_bin"])
+def test_a_missing_or_broken_folder_exits_2_naming_it(smoke_folder, tmp_path, capsys, damage):
+    folder = tmp_path / "model"
+    if damage != "missing":
+        folder.mkdir()
+        if damage != "no_json":
+            text = (smoke_folder / "model.json").read_text()
+            (folder / "model.json").write_text("{nope" if damage == "bad_json" else text)
+        if damage == "short_bin":
+            (folder / "model.bin").write_bytes((smoke_folder / "model.bin").read_bytes()[:100])
+    assert main([str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_refuses_a_broken_checkpoint(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("nope")
+    result = subprocess.run(
+        [sys.executable, "-m", "ncalab.evaluate", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert str(bad) in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["5,x", "", "0", "16,-2"])
+def test_cli_refuses_a_bad_long_run_list(capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["whatever.ckpt", "--long-run", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--long-run" in err and "expected positive step counts like 500,1000,2000" in err
+
+
+def test_cli_on_a_folder_prints_writes_and_tables(smoke_folder, capsys):
+    assert main([str(smoke_folder), "--long-run", "32,16", "--rollouts", "1", "--grow-steps", "8"]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed == json.loads((smoke_folder / "evaluation.json").read_text())
+    assert set(printed["long_run"]["loss"]) == {"16", "32"}
+    assert printed["long_run"]["holds_steps"] in (0, 16, 32)
+    assert "holds_steps:" in captured.err and "regrown: 0/5" in captured.err
 
 
 @pytest.mark.slow
@@ -42,60 +308,13 @@ def test_cli_prints_and_writes_the_evaluation(smoke_checkpoint):
     assert 0 < printed["psnr"] < 100 and 0 < printed["ssim"] <= 1 and printed["loss"] > 0
     assert set(printed["long_run"]["loss"]) == {"500", "1000", "2000"}
     assert printed["long_run"]["non_finite"] is False
+    assert printed["long_run"]["holds_steps"] in (0, 500, 1000, 2000)
     for region in REGIONS:
         regen = printed["regeneration"][region]
         assert regen["loss"] is not None and regen["damaged_loss"] is not None
         assert regen["steps_to_recover"] is None or 1 <= regen["steps_to_recover"] <= 200
+    assert printed["regeneration"]["grown"] is False and printed["regeneration"]["regrown"] == 0
+    assert "persistence: holds while loss <=" in result.stderr
     videos = smoke_checkpoint.parent / "last_videos"
     assert (videos / "growth.mp4").is_file()
     assert len(list(videos.glob("regeneration_*.mp4"))) == 5
-
-
-def test_cli_refuses_a_broken_checkpoint(tmp_path):
-    bad = tmp_path / "bad.ckpt"
-    bad.write_text("nope")
-    result = subprocess.run(
-        [sys.executable, "-m", "ncalab.evaluate", str(bad)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert str(bad) in result.stderr and "Traceback" not in result.stderr
-
-
-def test_training_run_leaves_an_evaluation(smoke_checkpoint):
-    evaluation = json.loads((smoke_checkpoint.parent.parent / "evaluation.json").read_text())
-    assert set(evaluation["long_run"]["loss"]) == {"16", "32"}
-    assert set(evaluation["regeneration"]) >= set(REGIONS)
-
-
-def _identity_nca() -> NCA:
-    # Untrained: the last layer is zero, so the seed never changes.
-    return NCA(FixedPerception(16, "sobel3"), hidden=8)
-
-
-def test_a_model_that_never_moves_never_recovers_and_stays_finite():
-    target = torch.zeros(4, 12, 12)
-    target[3, 6, 6] = 1.0  # exactly the seed's RGBA: the untouched seed is perfect
-    result = evaluate_nca(
-        _identity_nca(), target, horizon=8, rollouts=2, long_run_steps=(4, 8), grow_steps=4, regrow_steps=4
-    )
-    assert result["long_run"]["non_finite"] is False
-    assert result["long_run"]["loss"]["4"] == result["long_run"]["loss"]["8"]
-    # cutting the centre removes the seed for good; cutting the left half misses it
-    assert result["regeneration"]["center"]["steps_to_recover"] is None
-    assert result["regeneration"]["left"]["steps_to_recover"] == 1
-
-
-def test_a_diverging_model_is_reported_non_finite():
-    nca = _identity_nca()
-    with torch.no_grad():
-        nca.update[-1].bias.fill_(3e38)  # live cells overflow within two updates
-    target = torch.zeros(4, 12, 12)
-    result = evaluate_nca(
-        nca, target, horizon=4, rollouts=1, long_run_steps=(4,), grow_steps=2, regrow_steps=2
-    )
-    assert result["long_run"]["non_finite"] is True
-    assert result["long_run"]["loss"]["4"] is None

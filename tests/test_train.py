@@ -95,10 +95,10 @@ def test_parameter_counts_differ_only_by_trainable_kernels(smoke_cfg):
         p: sum(t.numel() for t in build_module(smoke_cfg(f"perception={p}")).parameters())
         for p in PERCEPTIONS
     }
-    # hidden=32, C=16: 1x1 conv (C*(1+n) -> 32, bias) + (32 -> 16, bias)
+    # hidden=32, C=16: 1x1 conv (C*(1+n) -> 32, bias) + (32 -> 16, no bias: model.update_bias=false)
     fixed = {"sobel3": 2, "sobel5": 2, "sobel5_diag": 4}
     for name, n in fixed.items():
-        assert counts[name] == 16 * (1 + n) * 32 + 32 + 32 * 16 + 16
+        assert counts[name] == 16 * (1 + n) * 32 + 32 + 32 * 16
     assert counts["trainable_truncated"] == counts["sobel3"] + 16 * 2 * 9
     assert counts["trainable_scale"] == counts["trainable_truncated"] + 2
 
@@ -281,7 +281,7 @@ class StepProbe(L.Callback):
 @pytest.mark.slow
 def test_compile_flag_trains_with_a_compiled_step(smoke_cfg, tmp_path):
     probe = StepProbe()
-    run(smoke_cfg("compile=true", "trainer.max_steps=2", "callbacks.artifacts.eval_batch=1"), [probe])
+    run(smoke_cfg("compile=true", "trainer.max_steps=2", "callbacks.evaluation.rollouts=1"), [probe])
     assert probe.compiled
     compiled = column(read_metrics(tmp_path / "run"), "train/loss")
     run(smoke_cfg("trainer.max_steps=2", out=tmp_path / "eager"))

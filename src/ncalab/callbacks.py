@@ -1,4 +1,5 @@
-"""What a run leaves behind besides metrics: status, checkpoint, final image, summary, rollout videos."""
+"""What a run leaves behind besides metrics: status, checkpoint, the end-of-run evaluation (evaluation.json,
+summary.json, final.png), rollout videos."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
-from ncalab.data import per_sample_loss, psnr
+from ncalab.evaluate import LONG_RUN_STEPS, measure_nca, parse_steps
 from ncalab.media import cut_region, eval_mode, frames_uint8, pool_grid, record_rollout, write_video
-from ncalab.nca import to_rgb
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
@@ -68,16 +68,50 @@ class FinalCheckpoint(L.Callback):
         trainer.save_checkpoint(self.path, weights_only=False)
 
 
-class RunArtifacts(L.Callback):
-    """At the end of training: ``final.png`` (target | pattern grown from the seed) and ``summary.json``;
-    the summary also goes to every logger (and to the W&B run summary)."""
+class RunEvaluation(L.Callback):
+    """At the end of training, ONE measurement of the trained model (:func:`ncalab.evaluate.measure_nca`: quality
+    at the horizon, persistence, regeneration), and everything that reports it:
 
-    def __init__(self, output_dir: str, eval_steps: int = 96, scale: int = 4, eval_batch: int = 4):
+    - ``evaluation.json``: the whole result (what ``python -m ncalab.evaluate`` prints);
+    - ``summary.json``: its headline numbers (``eval_loss``, ``psnr``, ``ssim``, ``holds_steps``, ``grown``,
+      ``regrown``) with the run's train loss, timing, parameters and divergences; the sweep objective and
+      ``python -m ncalab.compare`` read it;
+    - ``final.png``: the target beside the first pattern that measurement grew to the horizon;
+    - every logger (``final/*`` and ``eval/*`` metrics; the W&B run summary).
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        horizon: int = 96,
+        rollouts: int = 4,
+        long_run_steps: list[int] | tuple[int, ...] = LONG_RUN_STEPS,
+        grow_steps: int = 200,
+        regrow_steps: int = 200,
+        seed: int = 0,
+        scale: int = 4,
+    ):
         super().__init__()
+        if horizon < 0 or rollouts < 1 or grow_steps < 0 or regrow_steps < 1 or scale < 1:
+            raise ValueError(
+                f"need horizon >= 0, rollouts >= 1, grow_steps >= 0, regrow_steps >= 1, scale >= 1; got "
+                f"{horizon}, {rollouts}, {grow_steps}, {regrow_steps}, {scale}"
+            )
+        try:
+            steps = parse_steps(list(long_run_steps))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"long_run_steps={long_run_steps!r}: {exc}") from None
         self.output_dir = Path(output_dir)
-        self.eval_steps = eval_steps
         self.scale = scale
-        self.eval_batch = eval_batch
+        self.kwargs = dict(
+            horizon=horizon,
+            rollouts=rollouts,
+            long_run_steps=steps,
+            grow_steps=grow_steps,
+            regrow_steps=regrow_steps,
+            seed=seed,
+        )
+        self.result: dict = {}
         self.summary: dict = {}
         self._start = time.perf_counter()
         self._start_step = 0
@@ -90,37 +124,57 @@ class RunArtifacts(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         elapsed = time.perf_counter() - self._start
         steps_run = trainer.global_step - self._start_step
-        target = trainer.datamodule.target.unsqueeze(0).to(pl_module.device)
-        h, w = target.shape[-2:]
-        with eval_mode(pl_module.nca) as nca:
-            final, _ = record_rollout(nca, nca.seed(self.eval_batch, h, w), self.eval_steps, self.eval_steps)
-
+        nca = pl_module.nca
+        target = trainer.datamodule.target
+        measured = measure_nca(nca, target, **self.kwargs)
+        self.result = result = measured.result
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        image = side_by_side(frames_uint8([target], self.scale)[0], frames_uint8([final], self.scale)[0])
+        (self.output_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+
+        image = side_by_side(
+            frames_uint8([target.unsqueeze(0)], self.scale)[0], frames_uint8([measured.grown], self.scale)[0]
+        )
         Image.fromarray(image).save(self.output_dir / "final.png")
-        grown_rgb = to_rgb(final)
+
+        h, w = target.shape[-2:]
+        guard = getattr(pl_module, "guard", None)
+        long_run = result["long_run"]
         self.summary = {
             "perception": getattr(nca.perception, "name", type(nca.perception).__name__),
             "steps": trainer.global_step,
             "train_loss": float(getattr(pl_module, "last_loss", float("nan"))),
-            "eval_steps": self.eval_steps,
-            "eval_loss": float(per_sample_loss(final, target).mean()),
-            "psnr": psnr(grown_rgb, to_rgb(target).expand_as(grown_rgb)),
+            # All of these come from the one measurement above (evaluation.json holds the details).
+            "eval_steps": result["horizon"],
+            "eval_loss": result["loss"],
+            "psnr": result["psnr"],
+            "ssim": result["ssim"],
+            "holds_steps": long_run["holds_steps"],
+            "long_run_loss": long_run["loss"][str(max(int(k) for k in long_run["loss"]))],
+            "non_finite": long_run["non_finite"],
+            "grown": result["regeneration"]["grown"],
+            "regrown": result["regeneration"]["regrown"],
             "wall_time_s": elapsed,
             "s_per_iter": elapsed / steps_run if steps_run else None,
             "parameters": sum(p.numel() for p in nca.parameters() if p.requires_grad),
             "grid": [int(h), int(w)],
-            "divergences": len(getattr(getattr(pl_module, "guard", None), "events", [])),
-            "divergence_events": list(getattr(getattr(pl_module, "guard", None), "events", [])),
+            "divergences": len(getattr(guard, "events", [])),
+            "divergence_events": list(getattr(guard, "events", [])),
             "stopped_by_guard": bool(getattr(pl_module, "stopped_by_guard", False)),
         }
         (self.output_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
-        numbers = {f"final/{k}": v for k, v in self.summary.items() if isinstance(v, float | int)}
+
+        numbers = {f"final/{k}": v for k, v in _flatten(self.summary).items() if _is_number(v)}
+        numbers.update({f"eval/{k}": v for k, v in _flatten(result).items() if _is_number(v)})
         for logger in trainer.loggers:
             logger.log_metrics(numbers, step=trainer.global_step)
             run = getattr(logger, "experiment", None) if type(logger).__name__ == "WandbLogger" else None
             if run is not None:
                 run.summary.update(self.summary)
+                run.summary.update({k: v for k, v in numbers.items() if k.startswith("eval/")})
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class RolloutMedia(L.Callback):
@@ -196,47 +250,6 @@ class RolloutMedia(L.Callback):
             if hasattr(logger, "log_image"):
                 logger.log_image("media/pool", [str(files["pool"])], step=step)
         return files
-
-
-class Evaluation(L.Callback):
-    """At the end of training: :func:`ncalab.evaluate.evaluate_nca` (quality, long-run stability, regeneration)
-    into ``<run>/evaluation.json`` and the loggers' summaries."""
-
-    def __init__(
-        self,
-        output_dir: str,
-        horizon: int = 96,
-        rollouts: int = 4,
-        long_run_steps: list[int] | tuple[int, ...] = (500, 1000, 2000),
-        grow_steps: int = 200,
-        regrow_steps: int = 200,
-        seed: int = 0,
-    ):
-        super().__init__()
-        self.path = Path(output_dir) / "evaluation.json"
-        self.kwargs = dict(
-            horizon=horizon,
-            rollouts=rollouts,
-            long_run_steps=tuple(long_run_steps),
-            grow_steps=grow_steps,
-            regrow_steps=regrow_steps,
-            seed=seed,
-        )
-        self.result: dict = {}
-
-    @rank_zero_only
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from ncalab.evaluate import evaluate_nca
-
-        self.result = evaluate_nca(pl_module.nca, trainer.datamodule.target, **self.kwargs)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.result, indent=2) + "\n")
-        flat = {f"eval/{k}": v for k, v in _flatten(self.result).items() if isinstance(v, int | float)}
-        for logger in trainer.loggers:
-            logger.log_metrics(flat, step=trainer.global_step)
-            run = getattr(logger, "experiment", None) if type(logger).__name__ == "WandbLogger" else None
-            if run is not None:
-                run.summary.update(flat)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -1,8 +1,9 @@
 """Compare the runs of a Hydra multirun sweep offline: ``python -m ncalab.compare <sweep dir>``.
 
-Reads only what the runs wrote (``status.json``, ``summary.json``, ``csv/version_N/metrics.csv``, ``final.png``,
-videos, ``.hydra/overrides.yaml``), writes one self-contained ``report.html`` (images and videos as data URIs, loss
-curves as inline SVG) and prints the same numbers as a plain-text table.
+Reads only what the runs wrote (``status.json``, ``summary.json``, ``evaluation.json``,
+``csv/version_N/metrics.csv``, ``final.png``, videos, ``.hydra/overrides.yaml``), writes one self-contained
+``report.html`` (images and videos as data URIs, loss curves as inline SVG) and prints the same numbers as a
+plain-text table.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ RUN_COLUMNS = (
     ("psnr", "psnr_db", "psnr"),
     ("ssim", "ssim", "float"),
     ("long_run_loss", "loss@long", "float"),
-    ("regen_recovered", "regrown/5", "int"),
+    ("holds_steps", "holds_steps", "int"),
+    ("regrown", "regrown/5", "int"),
     ("steps_to_threshold", "steps<thr", "int"),
     ("divergences", "diverged", "int"),
     ("wall_time_s", "wall_s", "seconds"),
@@ -46,7 +48,8 @@ AGGREGATE_KEYS = (
     "psnr",
     "ssim",
     "long_run_loss",
-    "regen_recovered",
+    "holds_steps",
+    "regrown",
     "steps_to_threshold",
     "divergences",
     "wall_time_s",
@@ -83,7 +86,8 @@ class RunRecord:
     final_png: Path | None = None
     videos: list[Path] = field(default_factory=list)  # the ones worth showing: final, or the latest
     other_videos: int = 0  # intermediate videos under media/ not shown
-    # From evaluation.json and the loss curve: ssim, long-run loss, regions regrown, steps to a loss threshold.
+    # From evaluation.json and the loss curve: ssim, long-run loss, holds_steps, regions regrown, steps to a loss
+    # threshold (summary.json's own values win: both come from the same end-of-run measurement).
     derived: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -181,23 +185,29 @@ def derive_metrics(
     summary: dict[str, Any],
     threshold: float = LOSS_THRESHOLD,
 ) -> dict[str, Any]:
-    """Numbers for the table from ``evaluation.json`` (written at the end of training) and the loss curve."""
+    """Numbers for the table from ``evaluation.json`` (written at the end of training) and the loss curve.
+
+    ``regrown`` counts the cuts that ``ncalab.evaluate`` counted as regrown (a grown pattern, a cut that did
+    damage, the loss back in time); an ``evaluation.json`` written before that rule has no ``regrown`` and shows
+    none, since it counted cuts of patterns that were never grown.
+    """
     out: dict[str, Any] = {"steps_to_threshold": next((s for s, v in curve if v <= threshold), None)}
     if "divergences" in summary:
         out["divergences"] = summary["divergences"]
     if not isinstance(evaluation, dict):
         return out
     out["ssim"] = evaluation.get("ssim")
-    long_run = (evaluation.get("long_run") or {}).get("loss") or {}
-    if long_run:
-        last = max(long_run, key=int)
-        out["long_run_loss"] = long_run[last]
+    long_run = evaluation.get("long_run") or {}
+    losses = long_run.get("loss") or {}
+    if losses:
+        last = max(losses, key=int)
+        out["long_run_loss"] = losses[last]
         out["long_run_step"] = int(last)
-    out["non_finite"] = (evaluation.get("long_run") or {}).get("non_finite")
+    out["non_finite"] = long_run.get("non_finite")
+    out["holds_steps"] = long_run.get("holds_steps")
     regen = evaluation.get("regeneration") or {}
-    regions = [v for v in regen.values() if isinstance(v, dict)]
-    if regions:
-        out["regen_recovered"] = sum(r.get("steps_to_recover") is not None for r in regions)
+    out["grown"] = regen.get("grown")
+    out["regrown"] = regen.get("regrown") if isinstance(regen.get("regrown"), int) else None
     return out
 
 
@@ -315,6 +325,8 @@ def format_value(value: float | None, kind: str) -> str:
         return "inf" if value > 0 else "-inf"
     if kind == "int":
         return f"{int(value):,}"
+    if kind == "float1":
+        return f"{value:,.1f}"
     if kind == "psnr":
         return f"{value:.2f}"
     if kind == "seconds":
@@ -325,9 +337,11 @@ def format_value(value: float | None, kind: str) -> str:
 def format_stat(stat: Stat | None, kind: str) -> str:
     if stat is None:
         return "-"
+    # A mean of counts need not be whole: 1.5 regions regrown, not 1.
+    mean = format_value(stat.mean, "float1" if kind == "int" and not float(stat.mean).is_integer() else kind)
     if math.isnan(stat.std):
-        return format_value(stat.mean, kind)
-    return f"{format_value(stat.mean, kind)} ± {stat.std:.2g}"
+        return mean
+    return f"{mean} ± {stat.std:.2g}"
 
 
 def format_counts(group: Group) -> str:

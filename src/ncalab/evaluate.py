@@ -1,8 +1,14 @@
-"""Evaluate a trained NCA: quality, long-run stability and regeneration.
+"""Evaluate a trained NCA: quality, persistence (how long the pattern holds) and regeneration.
 
-    python -m ncalab.evaluate outputs/runs/<run>/checkpoints/last.ckpt [--rollouts 4] [--video]
+    python -m ncalab.evaluate PATH [--rollouts 4] [--long-run 500,1000,2000] [--video]
 
-Prints one JSON object and writes it next to the checkpoint (``<checkpoint stem>.eval.json``).
+PATH is a ``.ckpt`` written by ncalab or an exported model folder (``model.json`` + ``model.bin``, as written by
+``python -m ncalab.demo export``). Prints one JSON object (a short table goes to stderr) and writes it beside the
+checkpoint (``<checkpoint stem>.eval.json``) or into the folder (``<folder>/evaluation.json``).
+
+The same measurement (:func:`measure_nca`) runs at the end of every training run; ``evaluation.json``,
+``summary.json``, ``final.png``, the loggers' summaries, ``python -m ncalab.compare`` and the sweep objective all
+read its result.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,51 +30,193 @@ from ncalab.errors import NCALabError
 from ncalab.media import REGIONS, cut_region, eval_mode, frames_uint8, record_rollout, write_video
 from ncalab.nca import NCA, to_rgb
 
+__all__ = [
+    "GROWN_MIN_GAIN_DB",
+    "HOLD_FACTOR",
+    "LONG_RUN_STEPS",
+    "RECOVERY_FACTOR",
+    "EvaluationError",
+    "Measurement",
+    "evaluate_checkpoint",
+    "evaluate_model",
+    "evaluate_nca",
+    "format_evaluation",
+    "holds_steps",
+    "load_model",
+    "long_run",
+    "measure_nca",
+    "parse_steps",
+]
+
 LONG_RUN_STEPS = (500, 1000, 2000)
+# Persistence: the pattern holds at a check while its loss is at most HOLD_FACTOR x the loss at the horizon.
+HOLD_FACTOR = 2.0
+# Regeneration: a cut is recovered once the loss is back within RECOVERY_FACTOR x the undamaged loss; the cut
+# itself must have raised the loss above that threshold, or there was nothing to recover from.
+RECOVERY_FACTOR = 1.5
+# Regeneration needs a grown pattern to cut: the undamaged pattern's PSNR (RGBA composited on white, against the
+# target) must be at least this many dB above an empty grid's, i.e. its squared error at most a tenth of an empty
+# grid's. Relative to the empty grid, not an absolute dB value, because empty padding scores for free: an empty
+# grid already reaches 15-17 dB against the flower targets (more with more padding), so "20 dB" would be only a
+# few dB above nothing there, while on a full-frame target (mosaic: 5 dB empty) it would be a different bar.
+GROWN_MIN_GAIN_DB = 10.0
+
+
+class EvaluationError(NCALabError, ValueError):
+    """A model or setting that cannot be evaluated (the message names the path or value)."""
 
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def parse_steps(text: str | Iterable[int]) -> tuple[int, ...]:
+    """Check steps: ``"500,2000,10000"`` or a sequence of ints -> sorted, distinct, positive ints.
+
+    Raises ``ValueError`` with a message naming the bad item.
+    """
+    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    steps = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"{item!r} is not a step count")
+        try:
+            value = int(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"{item!r} is not a whole number of steps") from None
+        if isinstance(item, float) and item != value:
+            raise ValueError(f"{item!r} is not a whole number of steps")
+        if value < 1:
+            raise ValueError(f"{value} is not a positive number of steps")
+        steps.append(value)
+    if not steps:
+        raise ValueError("no steps given (expected e.g. 500,1000,2000)")
+    return tuple(sorted(set(steps)))
+
+
+def holds_steps(
+    checks: Iterable[tuple[int, float | None]], reference_loss: float, factor: float = HOLD_FACTOR
+) -> int:
+    """How many steps the pattern holds: the largest checked step ``s`` such that every check at or before ``s``
+    has a finite loss ``<= factor * reference_loss``; 0 when the first check fails. ``None`` = a failed check."""
+    bound = factor * reference_loss
+    held = 0
+    for step, loss in sorted(checks, key=lambda c: c[0]):
+        if loss is None or not math.isfinite(loss) or not math.isfinite(bound) or loss > bound:
+            break
+        held = step
+    return held
+
+
 @torch.no_grad()
-def evaluate_nca(
+def long_run(
+    nca: NCA,
+    x0: torch.Tensor,
+    target: torch.Tensor,
+    steps: Iterable[int],
+    horizon_loss: float,
+    factor: float = HOLD_FACTOR,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run ``x0`` (``B x C x H x W``) and check the loss against ``target`` (``4 x H x W`` or ``1 x 4 x H x W``)
+    at each of ``steps`` (counted from ``x0``); the fire masks are seeded by ``seed``.
+
+    Returns ``loss`` (step -> loss, ``None`` when not finite), ``non_finite`` (whether any checked state held a
+    NaN/inf), ``holds_steps`` (see :func:`holds_steps`; a non-finite state fails its check), ``hold_factor`` and
+    ``reference_loss`` (= ``horizon_loss``).
+    """
+    target = target if target.dim() == 4 else target.unsqueeze(0)
+    target = target.to(x0.device)
+    marks = parse_steps(steps)
+    losses: dict[str, float | None] = {}
+    checks: list[tuple[int, float | None]] = []
+    non_finite = False
+    x, done = x0, 0
+    with torch.random.fork_rng(devices=[x0.device] if x0.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for mark in marks:
+            x = nca.rollout(x, mark - done)
+            done = mark
+            finite = bool(torch.isfinite(x).all())
+            non_finite = non_finite or not finite
+            loss = _finite(float(per_sample_loss(x, target).mean()))
+            losses[str(mark)] = loss
+            checks.append((mark, loss if finite else None))
+    return {
+        "loss": losses,
+        "non_finite": non_finite,
+        "holds_steps": holds_steps(checks, horizon_loss, factor),
+        "hold_factor": factor,
+        "reference_loss": _finite(horizon_loss),
+    }
+
+
+@dataclass
+class Measurement:
+    """What :func:`measure_nca` found: the JSON-ready ``result`` and the ``grown`` states it measured at the
+    horizon (``rollouts x C x H x W``; ``final.png`` shows the first)."""
+
+    result: dict[str, Any]
+    grown: torch.Tensor
+
+
+@torch.no_grad()
+def measure_nca(
     nca: NCA,
     target: torch.Tensor,
     horizon: int,
     rollouts: int = 4,
     seed: int = 0,
-    long_run_steps: tuple[int, ...] = LONG_RUN_STEPS,
+    long_run_steps: Iterable[int] = LONG_RUN_STEPS,
     grow_steps: int = 200,
     regrow_steps: int = 200,
-    recovery_factor: float = 1.5,
+    recovery_factor: float = RECOVERY_FACTOR,
+    hold_factor: float = HOLD_FACTOR,
+    grown_min_gain_db: float = GROWN_MIN_GAIN_DB,
     video_dir: Path | None = None,
     fps: int = 24,
-) -> dict[str, Any]:
+) -> Measurement:
     """All numbers for ``nca`` against ``target`` (``4 x H x W``); stochastic parts are seeded by ``seed``.
 
-    - ``psnr``/``ssim``/``loss`` after ``horizon`` steps from the seed, averaged over ``rollouts`` rollouts;
-    - ``long_run``: the loss at each of ``long_run_steps`` from the seed, and whether any state went non-finite;
-    - ``regeneration``: grow ``grow_steps``, cut each region, regrow ``regrow_steps``: the loss then, and the
-      steps until the loss is back within ``recovery_factor`` x the undamaged loss (``None`` = never).
+    - ``loss``/``psnr``/``ssim`` after ``horizon`` steps from the seed, averaged over ``rollouts`` rollouts;
+    - ``long_run``: one rollout from the seed, the loss at each of ``long_run_steps``, ``non_finite``, and
+      ``holds_steps`` (the pattern holds while its loss stays within ``hold_factor`` x ``loss``);
+    - ``regeneration``: grow ``grow_steps``, cut each region, regrow ``regrow_steps``: the loss then and the steps
+      until the loss is back within ``recovery_factor`` x the undamaged loss (``None`` = never). A cut counts as
+      ``regrown`` only when a pattern was ``grown`` (see ``GROWN_MIN_GAIN_DB``), the cut raised the loss above
+      that threshold (``damaged``) and the loss came back under it and is still under it after ``regrow_steps``;
+      ``regeneration.regrown`` counts them.
     """
+    if horizon < 0 or rollouts < 1 or grow_steps < 0 or regrow_steps < 1:
+        raise ValueError(
+            f"need horizon >= 0, rollouts >= 1, grow_steps >= 0, regrow_steps >= 1; got {horizon}, {rollouts}, "
+            f"{grow_steps}, {regrow_steps}"
+        )
+    marks = parse_steps(long_run_steps)
     with eval_mode(nca):
-        return _evaluate(
+        return _measure(
             nca,
             target,
             horizon,
             rollouts,
             seed,
-            long_run_steps,
+            marks,
             grow_steps,
             regrow_steps,
             recovery_factor,
+            hold_factor,
+            grown_min_gain_db,
             video_dir,
             fps,
         )
 
 
-def _evaluate(
+def evaluate_nca(nca: NCA, target: torch.Tensor, horizon: int, **kwargs: Any) -> dict[str, Any]:
+    """:func:`measure_nca`'s ``result`` (same arguments)."""
+    return measure_nca(nca, target, horizon, **kwargs).result
+
+
+def _measure(
     nca: NCA,
     target: torch.Tensor,
     horizon: int,
@@ -76,9 +226,11 @@ def _evaluate(
     grow_steps: int,
     regrow_steps: int,
     recovery_factor: float,
+    hold_factor: float,
+    grown_min_gain_db: float,
     video_dir: Path | None,
     fps: int,
-) -> dict[str, Any]:
+) -> Measurement:
     device = next(nca.parameters()).device
     target = target.to(device).unsqueeze(0)
     h, w = target.shape[-2:]
@@ -86,10 +238,11 @@ def _evaluate(
 
     grown, _ = record_rollout(nca, nca.seed(rollouts, h, w), horizon, frame_every=max(horizon, 1), seed=seed)
     grown_rgb = to_rgb(grown)
+    loss = float(per_sample_loss(grown, target).mean())
     result: dict[str, Any] = {
         "horizon": horizon,
         "rollouts": rollouts,
-        "loss": float(per_sample_loss(grown, target).mean()),
+        "loss": loss,
         "psnr": sum(psnr(grown_rgb[i : i + 1], target_rgb) for i in range(rollouts)) / rollouts,
         "ssim": float(
             structural_similarity_index_measure(
@@ -98,92 +251,249 @@ def _evaluate(
         ),
     }
 
-    # Long run: one rollout, checked at each requested step.
-    losses: dict[str, float | None] = {}
-    non_finite = False
-    x = nca.seed(1, h, w)
-    done = 0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for mark in sorted(long_run_steps):
-            x = nca.rollout(x, mark - done)
-            done = mark
-            non_finite = non_finite or not bool(torch.isfinite(x).all())
-            losses[str(mark)] = _finite(float(per_sample_loss(x, target).mean()))
-    result["long_run"] = {"loss": losses, "non_finite": non_finite}
+    # Persistence: one rollout from the seed, checked at each requested step against the horizon loss.
+    result["long_run"] = long_run(nca, nca.seed(1, h, w), target, long_run_steps, loss, hold_factor, seed)
 
-    # Regeneration after the Distill protocol.
+    # Regeneration after the Distill protocol, counted only for a grown pattern and a cut that did damage.
     base, growth = record_rollout(nca, nca.seed(1, h, w), grow_steps, seed=seed)
     base_loss = float(per_sample_loss(base, target).mean())
+    base_psnr = psnr(to_rgb(base), target_rgb)
+    grown_min = psnr(to_rgb(torch.zeros_like(target)), target_rgb) + grown_min_gain_db
+    is_grown = bool(torch.isfinite(base).all()) and math.isfinite(base_loss) and base_psnr >= grown_min
+    threshold = recovery_factor * base_loss
     regeneration: dict[str, Any] = {
         "grow_steps": grow_steps,
         "regrow_steps": regrow_steps,
+        "recovery_factor": recovery_factor,
         "undamaged_loss": _finite(base_loss),
+        "undamaged_psnr": base_psnr if not math.isnan(base_psnr) else None,
+        "grown_psnr_min": grown_min,
+        "grown": is_grown,
     }
+    regrown = 0
     for region in REGIONS:
         damaged = cut_region(base, region)
-        regrown, frames = record_rollout(nca, damaged, regrow_steps, seed=seed + 1)
+        _, frames = record_rollout(nca, damaged, regrow_steps, seed=seed + 1)
         curve = [float(per_sample_loss(f, target).mean()) for f in frames]  # frame i = after i regrow steps
-        recovered = next((i for i, v in enumerate(curve) if i > 0 and v <= recovery_factor * base_loss), None)
+        recovered = next((i for i, v in enumerate(curve) if i > 0 and v <= threshold), None)
+        hit = curve[0] > threshold  # False for NaN: a cut into a non-finite state is no damage to measure
+        # Back under the threshold at some step and still there at the end (not a pass on the way to collapse).
+        ok = is_grown and hit and recovered is not None and curve[-1] <= threshold
+        regrown += ok
         regeneration[region] = {
             "damaged_loss": _finite(curve[0]),
             "loss": _finite(curve[-1]),
             "steps_to_recover": recovered,
+            "damaged": hit,
+            "regrown": ok,
         }
         if video_dir is not None:
             write_video(frames_uint8(growth + frames, 4), video_dir / f"regeneration_{region}.mp4", fps)
+    regeneration["regrown"] = regrown
     result["regeneration"] = regeneration
     if video_dir is not None:
         write_video(frames_uint8(growth, 4), video_dir / "growth.mp4", fps)
-    return result
+    return Measurement(result, grown)
 
 
-def evaluate_checkpoint(
-    path: str | Path, rollouts: int = 4, seed: int = 0, video: bool = False, **kwargs
-) -> dict:
-    """Evaluate the model of a checkpoint against the target it was trained on."""
-    from ncalab.checkpoint import load_nca
+# --------------------------------------------------------------------------------------------- models on disk
 
-    path = Path(path)
-    nca, config = load_nca(path)
-    data = config["data"]
-    target = load_target(
-        data["target"], data["target_size"], data["padding"], data.get("allow_upscale", False)
-    )
-    horizon = int(config["rollout"]["max_steps"])
-    video_dir = path.parent / f"{path.stem}_videos" if video else None
+
+def load_model(path: str | Path) -> tuple[NCA, dict[str, Any], dict[str, Any]]:
+    """The NCA of a ``.ckpt`` or an exported model folder; returns ``(nca, run config, info)``.
+
+    ``info`` has ``model`` (the path), ``kind`` (``checkpoint`` or ``folder``) and ``perception`` (its name).
+    """
+    from ncalab.exported import is_model_folder, load_model_folder
+
+    path = Path(path).expanduser()
+    if path.is_dir() or is_model_folder(path):
+        nca, meta = load_model_folder(path)
+        config = meta.get("config")
+        perception = meta.get("perception")
+        name = perception.get("name") if isinstance(perception, dict) else None
+        kind = "folder"
+    elif path.exists():
+        from ncalab.checkpoint import load_nca
+
+        nca, config = load_nca(path)
+        name = (config.get("perception") or {}).get("name")
+        kind = "checkpoint"
+    else:
+        raise EvaluationError(
+            f"{str(path)!r}: no such file or folder (expected a .ckpt written by ncalab, or a model folder "
+            "with model.json + model.bin written by `python -m ncalab.demo export`)"
+        )
+    if not isinstance(config, dict):
+        raise EvaluationError(f"{str(path)!r}: no run config saved with the model")
+    return nca, config, {"model": str(path), "kind": kind, "perception": name}
+
+
+def _target_and_horizon(config: dict[str, Any], path: str | Path) -> tuple[torch.Tensor, int]:
+    try:
+        data = config["data"]
+        target, size, padding = str(data["target"]), int(data["target_size"]), int(data["padding"])
+        upscale = bool(data.get("allow_upscale", False))
+        horizon = int(config["rollout"]["max_steps"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EvaluationError(
+            f"{str(path)!r}: the saved run config lacks data.target/target_size/padding or rollout.max_steps "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    return load_target(target, size, padding, upscale), horizon
+
+
+def evaluate_model(
+    path: str | Path, rollouts: int = 4, seed: int = 0, video: bool = False, **kwargs: Any
+) -> dict[str, Any]:
+    """Evaluate the model of a ``.ckpt`` or an exported model folder against the target it was trained on, for
+    the horizon it was trained for (``rollout.max_steps``). ``kwargs`` go to :func:`measure_nca`
+    (``long_run_steps``, ``grow_steps``, ``regrow_steps``, ...). Videos go to ``<stem>_videos/`` beside a
+    checkpoint, ``<folder>/evaluation_videos/`` in a folder."""
+    nca, config, info = load_model(path)
+    target, horizon = _target_and_horizon(config, path)
+    video_dir = None
+    if video:
+        p = Path(info["model"])
+        video_dir = p / "evaluation_videos" if info["kind"] == "folder" else p.parent / f"{p.stem}_videos"
     result = evaluate_nca(nca, target, horizon, rollouts=rollouts, seed=seed, video_dir=video_dir, **kwargs)
-    result = {"checkpoint": str(path), "perception": config["perception"].get("name"), **result}
-    return result
+    return {**info, **result}
+
+
+evaluate_checkpoint = evaluate_model  # the earlier name; takes folders too
+
+
+def default_output(path: str | Path) -> Path:
+    """Where the CLI writes the JSON: ``<folder>/evaluation.json`` or ``<checkpoint stem>.eval.json``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return path / "evaluation.json"
+    if path.name == "model.json":
+        return path.parent / "evaluation.json"
+    return path.with_suffix(".eval.json")
+
+
+# --------------------------------------------------------------------------------------------- text
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return format(value, spec)
+
+
+def format_evaluation(result: dict[str, Any]) -> str:
+    """A short plain-text account of a result of :func:`measure_nca` (what the CLI prints to stderr)."""
+    lines = [
+        f"after {result['horizon']} steps from the seed ({result['rollouts']} rollouts): loss {_fmt(result['loss'])}, "
+        f"psnr {_fmt(result['psnr'], '.2f')} dB, ssim {_fmt(result['ssim'], '.3f')}"
+    ]
+    lr = result["long_run"]
+    ref = lr.get("reference_loss")
+    bound = None if ref is None else lr["hold_factor"] * ref
+    lines.append(f"persistence: holds while loss <= {lr['hold_factor']:g} x {_fmt(ref)} = {_fmt(bound)}")
+    lines.append(f"  {'step':>8}  {'loss':>10}  {'x horizon':>9}  holds")
+    still = True
+    for step, loss in sorted(lr["loss"].items(), key=lambda kv: int(kv[0])):
+        ratio = loss / ref if loss is not None and ref else None
+        still = still and int(step) <= lr["holds_steps"]
+        lines.append(f"  {step:>8}  {_fmt(loss):>10}  {_fmt(ratio, '.2f'):>9}  {'yes' if still else 'no'}")
+    lines.append(
+        f"  holds_steps: {lr['holds_steps']}" + ("  (a state went non-finite)" if lr["non_finite"] else "")
+    )
+    rg = result["regeneration"]
+    lines.append(
+        f"regeneration: grown {rg['grow_steps']} steps: psnr {_fmt(rg['undamaged_psnr'], '.2f')} dB, grown needs "
+        f">= {_fmt(rg['grown_psnr_min'], '.2f')} dB -> {'grown' if rg['grown'] else 'NOT grown (no cut counts)'}"
+    )
+    lines.append(f"  {'region':<7}  {'loss cut':>10}  {'loss after':>10}  {'steps':>5}  regrown")
+    for region in REGIONS:
+        r = rg[region]
+        lines.append(
+            f"  {region:<7}  {_fmt(r['damaged_loss']):>10}  {_fmt(r['loss']):>10}  "
+            f"{_fmt(r['steps_to_recover'], 'd'):>5}  {'yes' if r['regrown'] else 'no'}"
+        )
+    lines.append(f"  regrown: {rg['regrown']}/{len(REGIONS)}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _steps_arg(text: str) -> tuple[int, ...]:
+    try:
+        return parse_steps(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {exc}; expected positive step counts like 500,1000,2000"
+        ) from None
+
+
+def _count_arg(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ncalab.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a .ckpt written by ncalab")
     parser.add_argument(
-        "--rollouts", type=int, default=4, help="stochastic rollouts averaged for psnr/ssim/loss"
+        "path", help="a .ckpt written by ncalab, or an exported model folder (model.json + model.bin)"
+    )
+    parser.add_argument(
+        "--rollouts", type=_count_arg(1), default=4, help="stochastic rollouts averaged for psnr/ssim/loss"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--regrow-steps", type=int, default=200)
-    parser.add_argument("--video", action="store_true", help="write growth and regeneration MP4s next to it")
     parser.add_argument(
-        "--output", help="where to write the JSON (default: <checkpoint stem>.eval.json beside it)"
+        "--long-run",
+        type=_steps_arg,
+        default=LONG_RUN_STEPS,
+        metavar="STEPS",
+        help="comma-separated steps from the seed at which to check the loss (default: 500,1000,2000)",
+    )
+    parser.add_argument(
+        "--grow-steps", type=_count_arg(0), default=200, help="regeneration: steps grown before a cut"
+    )
+    parser.add_argument(
+        "--regrow-steps", type=_count_arg(1), default=200, help="regeneration: steps to regrow"
+    )
+    parser.add_argument("--video", action="store_true", help="write growth and regeneration MP4s beside it")
+    parser.add_argument(
+        "--output",
+        help="where to write the JSON (default: <checkpoint stem>.eval.json beside it, <folder>/evaluation.json)",
     )
     args = parser.parse_args(argv)
     try:
-        result = evaluate_checkpoint(
-            args.checkpoint,
+        result = evaluate_model(
+            args.path,
             rollouts=args.rollouts,
             seed=args.seed,
             video=args.video,
+            long_run_steps=args.long_run,
+            grow_steps=args.grow_steps,
             regrow_steps=args.regrow_steps,
         )
     except NCALabError as exc:
         print(f"ncalab.evaluate: error: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=2)
-    out = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".eval.json")
-    out.write_text(text + "\n")
+    out = Path(args.output) if args.output else default_output(args.path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    except OSError as exc:
+        print(f"ncalab.evaluate: error: cannot write {out}: {exc}", file=sys.stderr)
+        return 1
+    print(format_evaluation(result), file=sys.stderr)
     print(text)
     return 0
 
