@@ -1,0 +1,170 @@
+"""Ship a trained model: export it into ``src/ncalab/pretrained/<name>/``, evaluate it there, write its card.
+
+    python -m ncalab.pretrained outputs/pretrained/flower <name> [--long-run 500,2000,10000]
+
+The first argument is a run directory (its ``checkpoints/last.ckpt`` and ``summary.json`` are read) or a
+``.ckpt``. The model is exported with :func:`ncalab.demo.export_checkpoint` (``model.json``, ``model.bin``,
+``target.png``), evaluated from the exported folder itself (so the card describes exactly the weights that ship)
+with :func:`ncalab.evaluate.evaluate_model`, and ``MODEL_CARD.md`` + ``evaluation.json`` are written beside them.
+Every shipped model is retrained with ``python train.py experiment=pretrained_<name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ncalab.errors import NCALabError
+
+SHIPPED_FILES = ("model.json", "model.bin", "target.png")
+CARD = "MODEL_CARD.md"
+
+
+def package_dir() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def _checkpoint_and_run(source: Path) -> tuple[Path, Path | None]:
+    if source.is_dir():
+        ckpt = source / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise NCALabError(f"{str(source)!r} holds no checkpoints/last.ckpt (expected a run directory)")
+        return ckpt, source
+    if source.suffix == ".ckpt" and source.is_file():
+        run = source.parent.parent if source.parent.name == "checkpoints" else None
+        return source, run
+    raise NCALabError(f"{str(source)!r} is neither a run directory nor a .ckpt file")
+
+
+def _f(value: Any, spec: str = ".4g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def write_card(name: str, folder: Path, evaluation: dict[str, Any], summary: dict[str, Any]) -> Path:
+    """``MODEL_CARD.md`` for the model in ``folder`` from its ``model.json``, evaluation and the run's summary."""
+    meta = json.loads((folder / "model.json").read_text())
+    config = meta.get("config", {})
+    data, rollout, perception = config.get("data", {}), config.get("rollout", {}), meta["perception"]
+    grid = "x".join(str(v) for v in meta["grid"])
+    n_weights = meta.get("n_floats")
+    long = evaluation["long_run"]
+    regen = evaluation["regeneration"]
+    marks = ", ".join(long["loss"])
+    losses = ", ".join(_f(v) for v in long["loss"].values())
+    cuts = ", ".join(
+        f"{region} {_f(regen[region]['damaged_loss'], '.3f')} -> {_f(regen[region]['loss'], '.4f')}"
+        f" ({'regrown in ' + str(regen[region]['steps_to_recover']) + ' steps' if regen[region]['regrown'] else 'not regrown'})"
+        for region in ("left", "right", "top", "bottom", "center")
+    )
+    wall = summary.get("wall_time_s")
+    lines = [
+        f"# Model card: {name}",
+        "",
+        f"An ncalab NCA that grows the built-in `{data.get('target')}` target from a single seed cell, holds it and "
+        "regrows it after damage. Shipped for the browser demo (`make demo`) and `python -m ncalab.evaluate`.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| perception | `{perception.get('name')}` ({perception.get('n_ops')} operators, "
+        f"{perception.get('kernel_size')}x{perception.get('kernel_size')}) |",
+        f"| state | {meta['channels']} channels (premultiplied RGBA + {meta['channels'] - 4} hidden), grid {grid} |",
+        f"| update network | {meta['channels'] * (1 + perception.get('n_ops', 0))} -> {meta['hidden']} (ReLU) -> "
+        f"{meta['channels']}, fire rate {meta['fire_rate']}, alive threshold {meta['alive_threshold']} |",
+        f"| weights | `model.bin`: {n_weights} float32 values, full precision |",
+        f"| target | `{data.get('target')}`, {data.get('target_size')} px + {data.get('padding')} cells of padding, "
+        f"mode `{data.get('mode')}`, damage share {data.get('damage_share', '-')} |",
+        f"| training | `python train.py experiment=pretrained_{name}` (seed {config.get('seed')}): "
+        f"{_f(summary.get('steps'))} optimiser steps, batch {data.get('batch_size')}, pool {data.get('pool_size')}, "
+        f"rollouts of {rollout.get('min_steps')}-{rollout.get('max_steps')} steps |",
+        f"| wall time | {_f(wall, '.0f')} s on a 2-core CPU |" if wall else "| wall time | - |",
+        "",
+        f"Evaluation (`python -m ncalab.evaluate src/ncalab/pretrained/{name} --long-run {','.join(long['loss'])}`,"
+        f" {evaluation['rollouts']} rollouts, fire rate {meta['fire_rate']}; also in `evaluation.json`):",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| loss / PSNR / SSIM at the horizon ({evaluation['horizon']} steps) | {_f(evaluation['loss'])} / "
+        f"{_f(evaluation['psnr'], '.1f')} dB / {_f(evaluation['ssim'], '.3f')} |",
+        f"| loss after {marks} steps from the seed | {losses} |",
+        f"| holds (loss within {long['hold_factor']}x the horizon loss) | {long['holds_steps']} steps |",
+        f"| regeneration: grown {regen['grow_steps']} steps (loss {_f(regen['undamaged_loss'])}, grown: "
+        f"{_f(regen['grown'])}), a region cut away, {regen['regrow_steps']} steps to regrow; regrown = back within "
+        f"{regen['recovery_factor']}x the undamaged loss and still there at the end | "
+        f"{regen['regrown']}/5: {cuts} |",
+        "",
+        "Files: `model.json` (metadata, tensor table, the run's config), `model.bin` (weights), `target.png` "
+        "(target over white), `evaluation.json`.",
+        f"Rebuild: `python train.py experiment=pretrained_{name}`, then "
+        f"`python -m ncalab.pretrained outputs/runs/<run> {name}`.",
+        "",
+    ]
+    path = folder / CARD
+    path.write_text("\n".join(lines))
+    return path
+
+
+def ship(
+    source: str | Path,
+    name: str,
+    dest: str | Path | None = None,
+    long_run_steps: tuple[int, ...] = (500, 2000, 10000),
+    rollouts: int = 4,
+) -> dict[str, Any]:
+    """Export, evaluate and card the model of ``source`` as pretrained ``name`` (in ``dest``, default the
+    package's own folder). Returns the evaluation."""
+    from ncalab.demo import export_checkpoint
+    from ncalab.evaluate import evaluate_model
+
+    ckpt, run = _checkpoint_and_run(Path(source).expanduser())
+    folder = Path(dest) if dest is not None else package_dir() / name
+    with tempfile.TemporaryDirectory() as tmp:
+        export_checkpoint(ckpt, tmp, name=name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in SHIPPED_FILES:
+            if (Path(tmp) / file).is_file():
+                shutil.copyfile(Path(tmp) / file, folder / file)
+    evaluation = evaluate_model(folder, rollouts=rollouts, long_run_steps=long_run_steps)
+    (folder / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    summary = {}
+    if run is not None and (run / "summary.json").is_file():
+        summary = json.loads((run / "summary.json").read_text())
+    write_card(name, folder, evaluation, summary)
+    return evaluation
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ncalab.evaluate import format_evaluation, parse_steps
+
+    parser = argparse.ArgumentParser(prog="python -m ncalab.pretrained", description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="a run directory (with checkpoints/last.ckpt) or a .ckpt")
+    parser.add_argument("name", help="the pretrained model's name (its folder in src/ncalab/pretrained/)")
+    parser.add_argument("--dest", help="write here instead of src/ncalab/pretrained/<name>")
+    parser.add_argument("--long-run", default="500,2000,10000", help="steps at which persistence is checked")
+    parser.add_argument("--rollouts", type=int, default=4)
+    args = parser.parse_args(argv)
+    try:
+        steps = parse_steps(args.long_run)
+    except ValueError as exc:
+        parser.error(f"--long-run: {exc}")
+    try:
+        evaluation = ship(args.source, args.name, args.dest, steps, args.rollouts)
+    except NCALabError as exc:
+        print(f"ncalab.pretrained: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_evaluation(evaluation))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

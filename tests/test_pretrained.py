@@ -1,0 +1,70 @@
+"""Shipped models: each comes from a config in the repository, its card shows its evaluation, and it holds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CONF, make_cfg
+from omegaconf import OmegaConf
+
+from ncalab.pretrained import names
+from ncalab.pretrained.__main__ import main as ship_main
+from ncalab.train import run
+
+SHIPPED = names()
+
+
+def test_at_least_two_models_ship():
+    assert {"flower", "flower72"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_model_comes_from_its_experiment_config(name, tmp_path):
+    """`python train.py experiment=pretrained_<name>` retrains what ships: same target, grid, model, recipe."""
+    assert (CONF / "experiment" / f"pretrained_{name}.yaml").is_file()
+    cfg = OmegaConf.to_container(make_cfg(tmp_path, f"experiment=pretrained_{name}"), resolve=True)
+    from ncalab.pretrained.__main__ import package_dir
+
+    shipped = json.loads((package_dir() / name / "model.json").read_text())["config"]
+    for section, keys in {
+        "data": ("target", "target_size", "padding", "batch_size", "pool_size", "mode", "damage_share"),
+        "rollout": ("min_steps", "max_steps", "backprop_steps"),
+        "model": ("channels", "hidden", "fire_rate", "alive_threshold", "update_bias"),
+    }.items():
+        for key in keys:
+            assert shipped[section].get(key) == cfg[section][key], f"{name}: {section}.{key}"
+    assert shipped["perception"]["name"] == cfg["perception"]["name"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_card_shows_the_shipped_evaluation(name):
+    from ncalab.pretrained.__main__ import package_dir
+
+    folder = package_dir() / name
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert f"experiment=pretrained_{name}" in card
+    assert f"{evaluation['long_run']['holds_steps']} steps" in card
+    assert f"{evaluation['regeneration']['regrown']}/5" in card
+    assert "10000" in evaluation["long_run"]["loss"]
+
+
+def test_shipping_a_run_exports_evaluates_and_writes_the_card(smoke_cfg, tmp_path, capsys):
+    run(smoke_cfg())
+    dest = tmp_path / "shipped"
+    assert ship_main([str(tmp_path / "run"), "smoke", "--dest", str(dest), "--long-run", "16,32"]) == 0
+    assert {"model.json", "model.bin", "target.png", "evaluation.json", "MODEL_CARD.md"} <= {
+        p.name for p in dest.iterdir()
+    }
+    evaluation = json.loads((dest / "evaluation.json").read_text())
+    assert list(evaluation["long_run"]["loss"]) == ["16", "32"]
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "# Model card: smoke" in card and "experiment=pretrained_smoke" in card
+    assert f"{evaluation['psnr']:.1f} dB" in card
+    assert "holds_steps" in capsys.readouterr().out
+
+
+def test_shipping_from_a_missing_run_names_it(tmp_path, capsys):
+    assert ship_main([str(tmp_path / "nothing"), "x", "--dest", str(tmp_path / "d")]) == 2
+    assert "nothing" in capsys.readouterr().err
