@@ -1,7 +1,10 @@
 """Interactive browser demo: export any ncalab checkpoint as a self-contained static page, or serve it.
 
-    python -m ncalab.demo export <checkpoint.ckpt> <folder>   # index.html + JS/CSS + weights, any static host
+    python -m ncalab.demo export [<checkpoint.ckpt>] <folder>  # index.html + JS/CSS + weights, any static host
     python -m ncalab.demo serve [<checkpoint.ckpt> | <folder>] # export to a temporary folder, serve on 127.0.0.1
+
+Without a checkpoint, both take every pretrained model shipped with ncalab (:func:`export_pretrained`): the page
+opens on :data:`DEFAULT_PRETRAINED` (``--pretrained NAME`` picks another) and offers the others in a model picker.
 
 The page runs the automaton entirely in the browser at full precision (float32 weights, no quantisation):
 WebGL2 (float render targets) on a GPU, plain JavaScript (``Float32Array``) where WebGL2 is missing or only
@@ -9,13 +12,20 @@ emulated in software (SwiftShader, where plain JS is faster); ``?backend=webgl|j
 model applies it (``C*n_ops x 1 x k x k``, channel-major), a per-response scale factor (ones for unscaled
 perceptions), and the two 1x1 convolutions of the update network.
 
-Files written by :func:`export_model`:
+Files written by :func:`export_model` (one model):
 
 ``model.json``  metadata: perception, channels, hidden, fire rate, alive threshold, grid, tensor table, config
 ``model.bin``   the float32 (little-endian) tensors listed in ``model.json``
 ``model.js``    the same model embedded (base64), so that ``index.html`` also works opened from disk
 ``target.png``  the target composited on white (when the run's target can still be found)
+``models.json`` the models the page offers (:data:`INDEX_FORMAT`): here one, at ``path`` ``""`` (the folder itself)
+``models.js``   the same index as a script (``window.NCA_MODEL_INDEX``), for pages opened from disk
 ``index.html``, ``nca.js``, ``app.js``, ``style.css``  the page
+
+:func:`export_models` / :func:`export_pretrained` (several models) write the page and ``models.json``/``models.js``
+at the top, and each model's files (as above, plus its ``MODEL_CARD.md``) in ``models/<name>/``. Served over HTTP
+the page fetches ``<path>model.json`` + ``<path>model.bin``; opened from disk (``file://``, where ``fetch`` is not
+allowed) it loads ``<path>model.js`` with a ``<script>`` element instead.
 """
 
 from __future__ import annotations
@@ -24,9 +34,11 @@ import base64
 import functools
 import http.server
 import json
+import re
 import shutil
 import socketserver
 import sys
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,10 +51,13 @@ from ncalab.errors import NCALabError
 from ncalab.nca import NCA
 
 __all__ = [
+    "DEFAULT_PRETRAINED",
     "FORMAT",
+    "INDEX_FORMAT",
     "STATIC_FILES",
     "export_checkpoint",
     "export_model",
+    "export_models",
     "export_pretrained",
     "make_server",
     "model_tensors",
@@ -51,8 +66,15 @@ __all__ = [
 ]
 
 FORMAT = "ncalab-demo/1"
+INDEX_FORMAT = "ncalab-demo-index/1"
+# The shipped pretrained model that `python -m ncalab.demo serve` (`make demo`) opens on: the one place it is named.
+DEFAULT_PRETRAINED = "flower"
 STATIC_FILES = ("index.html", "nca.js", "app.js", "style.css")
 MODEL_FILES = ("model.json", "model.bin", "model.js", "target.png")
+CARD = "MODEL_CARD.md"
+INDEX_FILES = ("models.json", "models.js")
+MODELS_DIR = "models"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 class ExportError(NCALabError):
@@ -203,13 +225,14 @@ def export_model(
         "info": info or {},
         "config": {k: config[k] for k in ("perception", "model", "data", "rollout", "seed") if k in config},
     }
-    for stale in MODEL_FILES:
+    for stale in (*MODEL_FILES, *INDEX_FILES):
         (folder / stale).unlink(missing_ok=True)
     meta["target"] = _target_preview(config, folder)
     (folder / "model.bin").write_bytes(blob)
     text = json.dumps(meta, indent=1, default=str)
     (folder / "model.json").write_text(text)
     _write_model_js(folder, text, blob)
+    _write_index(folder, [_index_entry(meta["name"], "", json.loads(text), card=False)], meta["name"])
     return folder / "index.html"
 
 
@@ -218,6 +241,34 @@ def _write_model_js(folder: Path, meta_text: str, blob: bytes) -> None:
     (folder / "model.js").write_text(
         "// The model embedded for pages opened from disk (file://); model.json + model.bin hold the same.\n"
         f"window.NCA_EMBEDDED_MODEL = {{meta: {meta_text.strip()}, weights: {json.dumps(embedded)}}};\n"
+    )
+
+
+def _index_entry(name: str, path: str, meta: dict[str, Any], card: bool) -> dict[str, Any]:
+    """What the model picker shows for one model (read from its ``model.json``); ``path`` ends with ``/`` or is ``""``."""
+    perception = meta.get("perception") or {}
+    info = meta.get("info") or {}
+    return {
+        "name": name,
+        "path": path,
+        "perception": {k: perception.get(k) for k in ("name", "n_ops", "kernel_size", "scale_mode")},
+        "grid": meta.get("grid"),
+        "channels": meta.get("channels"),
+        "hidden": meta.get("hidden"),
+        "fire_rate": meta.get("fire_rate"),
+        "iterations": info.get("iterations"),
+        "target": path + meta["target"] if meta.get("target") else None,
+        "card": path + CARD if card else None,
+    }
+
+
+def _write_index(folder: Path, entries: list[dict[str, Any]], default: str) -> None:
+    index = {"format": INDEX_FORMAT, "default": default, "models": entries}
+    text = json.dumps(index, indent=1)
+    (folder / "models.json").write_text(text + "\n")
+    (folder / "models.js").write_text(
+        "// The models this page offers, for pages opened from disk (file://); models.json holds the same.\n"
+        f"window.NCA_MODEL_INDEX = {text};\n"
     )
 
 
@@ -237,7 +288,7 @@ def export_checkpoint(checkpoint: str | Path, folder: str | Path, name: str | No
     return export_model(nca, config, folder, name=name, info=_checkpoint_info(checkpoint))
 
 
-def pretrained_dir(name: str = "flower") -> Path:
+def pretrained_dir(name: str = DEFAULT_PRETRAINED) -> Path:
     """The folder of a pretrained model shipped with the package (``model.json``, ``model.bin``, card)."""
     from ncalab.pretrained import names
 
@@ -247,22 +298,92 @@ def pretrained_dir(name: str = "flower") -> Path:
     return Path(str(resources.files("ncalab.pretrained") / name))
 
 
-def export_pretrained(folder: str | Path, name: str = "flower") -> Path:
-    """The page with a shipped pretrained model (no checkpoint needed)."""
-    source = pretrained_dir(name)
+def _read_model_folder(name: str, source: Path) -> tuple[str, bytes]:
+    """``model.json``'s text and ``model.bin``'s bytes of an exported model folder, checked against each other."""
+    try:
+        text = (source / "model.json").read_text()
+        meta = json.loads(text)
+        blob = (source / "model.bin").read_bytes()
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"model {name!r}: {str(source)!r} is not an exported model folder ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("weights", "model.bin") != "model.bin":
+        raise ExportError(f"model {name!r}: {str(source / 'model.json')!r} does not describe model.bin")
+    if meta.get("format") != FORMAT:
+        raise ExportError(f"model {name!r}: {str(source / 'model.json')!r} is not in the {FORMAT} format")
+    if len(blob) != 4 * int(meta.get("n_floats", -1)):
+        raise ExportError(
+            f"model {name!r}: {len(blob)} bytes of weights, model.json expects 4 x {meta.get('n_floats')}"
+        )
+    return text, blob
+
+
+def export_models(folder: str | Path, sources: Mapping[str, str | Path], default: str | None = None) -> Path:
+    """The page offering several exported models: ``sources`` maps a name (shown in the model picker, and the
+    folder ``models/<name>/``) to an exported model folder (``model.json`` + ``model.bin``, optionally
+    ``target.png`` and ``MODEL_CARD.md``). The page opens on ``default`` (the first one when None)."""
+    if not sources:
+        raise ExportError("no models to export")
+    names = list(sources)
+    for name in names:
+        if not _SAFE_NAME.match(name):
+            raise ExportError(f"model name {name!r} is not usable as a folder name (letters, digits, _ . -)")
+    default = names[0] if default is None else default
+    if default not in sources:
+        raise ExportError(f"the default model {default!r} is not among the exported ones: {', '.join(names)}")
     folder = write_static(folder)
-    for stale in MODEL_FILES:
+    for stale in (*MODEL_FILES, *INDEX_FILES):
         (folder / stale).unlink(missing_ok=True)
-    for path in source.iterdir():
-        if path.is_file() and path.name in MODEL_FILES:
-            shutil.copyfile(path, folder / path.name)
-    _write_model_js(folder, (source / "model.json").read_text(), (source / "model.bin").read_bytes())
+    entries = []
+    for name in names:
+        source = Path(sources[name])
+        text, blob = _read_model_folder(name, source)
+        out = folder / MODELS_DIR / name
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in (*MODEL_FILES, CARD):
+            (out / stale).unlink(missing_ok=True)
+        meta = json.loads(text)
+        (out / "model.json").write_text(text)
+        (out / "model.bin").write_bytes(blob)
+        for extra in ("target.png", CARD):
+            if (source / extra).is_file():
+                shutil.copyfile(source / extra, out / extra)
+        if meta.get("target") and not (out / meta["target"]).is_file():
+            meta["target"] = None
+        _write_model_js(out, text, blob)
+        entries.append(_index_entry(name, f"{MODELS_DIR}/{name}/", meta, card=(out / CARD).is_file()))
+    _write_index(folder, entries, default)
     return folder / "index.html"
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript"}
+def export_pretrained(
+    folder: str | Path, default: str | None = None, names: Iterable[str] | None = None
+) -> Path:
+    """The page with the pretrained models shipped with ncalab (all of them unless ``names``), no checkpoint
+    needed. It opens on ``default``: :data:`DEFAULT_PRETRAINED` when None (the first shipped model if that one
+    is not shipped)."""
+    from ncalab.pretrained import names as shipped
 
+    chosen = list(names) if names is not None else shipped()
+    if not chosen:
+        raise ExportError("no pretrained models are shipped with this ncalab")
+    if default is None:
+        default = DEFAULT_PRETRAINED if DEFAULT_PRETRAINED in chosen else chosen[0]
+    pretrained_dir(default)  # a clear error for an unknown name
+    if default not in chosen:
+        chosen.insert(0, default)
+    return export_models(folder, {name: pretrained_dir(name) for name in chosen}, default)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    # Model cards (the page links them) shown as text rather than downloaded.
+    extensions_map = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".js": "text/javascript",
+        ".md": "text/plain; charset=utf-8",
+    }
+
+
+class _QuietHandler(_Handler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
 
@@ -274,9 +395,7 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 def make_server(folder: str | Path, port: int = 8000, host: str = "127.0.0.1", quiet: bool = True):
     """An HTTP server for ``folder`` on ``host:port`` (port 0 picks a free one); call ``serve_forever()``."""
-    handler = functools.partial(
-        _QuietHandler if quiet else http.server.SimpleHTTPRequestHandler, directory=str(folder)
-    )
+    handler = functools.partial(_QuietHandler if quiet else _Handler, directory=str(folder))
     return _Server((host, port), handler)
 
 

@@ -1,4 +1,8 @@
-"""``python -m ncalab.demo export <checkpoint> <folder>`` | ``python -m ncalab.demo serve [<checkpoint>|<folder>]``."""
+"""``python -m ncalab.demo export [<checkpoint>] <folder>`` | ``python -m ncalab.demo serve [<checkpoint>|<folder>]``.
+
+Without a checkpoint (or folder) both take the pretrained models shipped with ncalab: the page opens on
+``DEFAULT_PRETRAINED`` (or ``--pretrained NAME``) and offers every shipped model in its model picker.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ncalab.demo import ExportError, export_checkpoint, export_pretrained, make_server, url_of
+from ncalab.demo import (
+    DEFAULT_PRETRAINED,
+    ExportError,
+    export_checkpoint,
+    export_pretrained,
+    make_server,
+    url_of,
+)
 from ncalab.errors import NCALabError
 
 
@@ -18,21 +29,32 @@ def _parser() -> argparse.ArgumentParser:
         description="Run an ncalab NCA in the browser: erase cells and watch the pattern regrow.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export", help="write a self-contained static page for a checkpoint")
+    pretrained_help = (
+        f"which shipped model the page opens on without a checkpoint (default: {DEFAULT_PRETRAINED}); "
+        "the others are offered in its model picker"
+    )
+    export = sub.add_parser(
+        "export", help="write a self-contained static page for a checkpoint (default: the shipped models)"
+    )
     export.add_argument(
-        "checkpoint", help="a .ckpt written by ncalab (e.g. outputs/runs/<run>/checkpoints/last.ckpt)"
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="a .ckpt written by ncalab (e.g. outputs/runs/<run>/checkpoints/last.ckpt); "
+        "default: every pretrained model shipped with ncalab",
     )
     export.add_argument("folder", help="where to write index.html, the scripts and the weights")
-    export.add_argument("--name", default=None, help="the model's name shown on the page")
+    export.add_argument("--name", default=None, help="the model's name shown on the page (with a checkpoint)")
+    export.add_argument("--pretrained", default=None, help=pretrained_help)
     serve = sub.add_parser("serve", help="export (or take an exported folder) and serve it on 127.0.0.1")
     serve.add_argument(
         "source",
         nargs="?",
         default=None,
-        help="a .ckpt, or a folder written by `export`; default: the pretrained flower shipped with ncalab",
+        help="a .ckpt, or a folder written by `export`; default: every pretrained model shipped with ncalab",
     )
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
-    serve.add_argument("--pretrained", default="flower", help="which shipped model to serve without a source")
+    serve.add_argument("--pretrained", default=None, help=pretrained_help)
     return parser
 
 
@@ -40,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "export":
-            index = export_checkpoint(args.checkpoint, args.folder, name=args.name)
+            if args.checkpoint is None:
+                index = export_pretrained(args.folder, args.pretrained)
+            else:
+                index = export_checkpoint(args.checkpoint, args.folder, name=args.name)
             print(
                 f"wrote {index} (serve the folder statically, e.g. python -m ncalab.demo serve {args.folder})"
             )
@@ -62,7 +87,9 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             source = Path(args.source).expanduser()
             if source.is_dir():
-                if not (source / "index.html").is_file() or not (source / "model.json").is_file():
+                if not (source / "index.html").is_file() or not (
+                    (source / "models.json").is_file() or (source / "model.json").is_file()
+                ):
                     raise ExportError(
                         f"{str(source)!r} is not a folder written by `python -m ncalab.demo export`"
                     )

@@ -1,13 +1,19 @@
-// ncalab demo page: controls, drawing, and the window.nca API used by people (console) and tests.
+// ncalab demo page: controls, drawing, the model picker, the window.nca API (console) and the window.ncalab hook
+// (a small, stable subset for tests and scripts; see the end of this file).
 //
-// Query parameters: ?backend=auto|webgl|js  ?model=<url of model.json>  ?paused=1  ?seed=<int>  ?speed=<n>
+// Query parameters: ?backend=auto|webgl|js  ?name=<a model of the picker>  ?model=<url of a model.json>
+//                   ?paused=1  ?seed=<int>  ?speed=<n>
 (function () {
   'use strict';
   const { NCAModel, Automaton } = window.NCALab;
   const params = new URLSearchParams(location.search);
+  // models.js (written by every export): {default, models: [{name, path, perception, grid, ...}]}; null without it.
+  const index = window.NCA_MODEL_INDEX && window.NCA_MODEL_INDEX.models ? window.NCA_MODEL_INDEX : null;
+  const fromDisk = location.protocol === 'file:';
   const $ = (id) => document.getElementById(id);
   const board = $('board');
   const ctx = board.getContext('2d');
+  const picker = $('model-select');
 
   const ui = {
     auto: null,
@@ -20,6 +26,9 @@
     spsSince: performance.now(),
     sps: 0,
     pendingErase: [],
+    current: null, // the picker's name of the running model (null: loaded by file or URL)
+    cache: new Map(), // picker name -> NCAModel (weights are read once)
+    loadToken: 0, // the latest model choice wins over slower earlier ones
   };
 
   function showError(e) {
@@ -29,17 +38,137 @@
   }
 
   // --- loading ---------------------------------------------------------------------------------------------
-  async function defaultModel() {
-    const url = params.get('model');
-    if (url) return NCAModel.fetch(url);
-    if (window.NCA_EMBEDDED_MODEL) return NCAModel.fromEmbedded(window.NCA_EMBEDDED_MODEL);
-    return NCAModel.fetch('model.json');
+  // A model lives in a folder (`path` in the index, '' = this page's own): over HTTP its model.json + model.bin
+  // are fetched; opened from disk (file://, where fetch is refused) its model.js, the same model embedded, is
+  // run with a <script> element.
+  function loadScript(src) {
+    return new Promise((resolve, reject) => {
+      const s = document.createElement('script');
+      window.NCA_EMBEDDED_MODEL = null;
+      // The load event fires right after this script ran, before any other can: what it set is its model.
+      s.onload = () => {
+        const obj = window.NCA_EMBEDDED_MODEL;
+        s.remove();
+        if (obj) resolve(obj); else reject(new Error(src + ' holds no model'));
+      };
+      s.onerror = () => { s.remove(); reject(new Error('cannot load ' + src)); };
+      s.src = src;
+      document.head.appendChild(s);
+    });
   }
 
-  function use(model, targetUrl) {
+  async function loadFolder(path) {
+    const base = new URL(path || './', location.href).href;
+    if (!fromDisk) {
+      try {
+        return await NCAModel.fetch(base + 'model.json');
+      } catch (e) {
+        try { return await loadFolderScript(base); } catch (_) { throw e; }
+      }
+    }
+    return loadFolderScript(base);
+  }
+
+  async function loadFolderScript(base) {
+    const model = NCAModel.fromEmbedded(await loadScript(base + 'model.js'));
+    model.baseUrl = base;
+    return model;
+  }
+
+  function targetOf(model) {
+    return model.meta.target ? new URL(model.meta.target, model.baseUrl || location.href).href : null;
+  }
+
+  function perceptionText(pr) {
+    return pr.name + ': ' + pr.n_ops + (pr.n_ops === 1 ? ' operator' : ' operators') + ', ' +
+      pr.kernel_size + 'x' + pr.kernel_size + (pr.scale_mode ? ', scale ' + pr.scale_mode : '');
+  }
+
+  function optionLabel(e) {
+    const pr = e.perception;
+    return e.name + ' · ' + pr.name + ' (' + pr.n_ops + ' x ' + pr.kernel_size + 'x' + pr.kernel_size + ') · ' +
+      e.grid[0] + 'x' + e.grid[1];
+  }
+
+  // The picker offers the index's models; a model loaded by file or URL shows as one more, unnamed, option.
+  function setupPicker() {
+    if (!index || !index.models.length) return;
+    for (const e of index.models) picker.add(new Option(optionLabel(e), e.name));
+    $('picker').hidden = false;
+  }
+
+  function showInPicker(model, entry, origin) {
+    let extra = picker.querySelector('option[data-extra]');
+    if (entry) {
+      if (extra) extra.remove();
+      picker.value = entry.name;
+    } else if (!$('picker').hidden) {
+      if (!extra) {
+        extra = new Option('', '');
+        extra.dataset.extra = '1';
+        picker.add(extra);
+      }
+      extra.textContent = model.name + ' (' + origin + ')';
+      picker.value = '';
+    }
+    const m = model.meta, info = $('model-perception');
+    info.textContent = 'perception ' + perceptionText(m.perception) + ' · grid ' + m.grid[0] + 'x' + m.grid[1];
+    if (entry && entry.card) {
+      const a = document.createElement('a');
+      a.href = entry.card;
+      a.textContent = 'model card';
+      a.target = '_blank';
+      info.append(' · ', a);
+    }
+  }
+
+  // Choosing a model in the picker (and window.ncalab.select): load it once, then run it from a seed.
+  async function selectModel(name, remember = true) {
+    const entry = index && index.models.find((e) => e.name === name);
+    if (!entry) throw new Error('this page offers no model named ' + JSON.stringify(name));
+    const token = ++ui.loadToken;
+    picker.value = name;
+    let model = ui.cache.get(name);
+    if (!model) {
+      model = await loadFolder(entry.path);
+      ui.cache.set(name, model);
+    }
+    if (token !== ui.loadToken) return false; // a later choice won
+    use(model, targetOf(model), entry);
+    if (remember) {
+      // The URL names the choice, so that reloading (e.g. to switch the backend) keeps it.
+      params.set('name', name);
+      params.delete('model');
+      try { history.replaceState(null, '', '?' + params.toString() + location.hash); } catch (_) { /* file:// */ }
+    }
+    return true;
+  }
+
+  async function initialModel() {
+    const url = params.get('model');
+    if (url) {
+      const model = await NCAModel.fetch(url);
+      use(model, targetOf(model), null, 'URL');
+      return;
+    }
+    if (index && index.models.length) {
+      const names = index.models.map((e) => e.name), wanted = params.get('name');
+      const name = names.includes(wanted) ? wanted : names.includes(index.default) ? index.default : names[0];
+      await selectModel(name, false);
+      if (wanted !== null && wanted !== name) showError('no model named ' + JSON.stringify(wanted) + ' here: showing ' + name);
+      return;
+    }
+    const model = await loadFolder(''); // a folder without models.js: its own model.json / model.js
+    use(model, targetOf(model), null, 'folder');
+  }
+
+  function use(model, targetUrl, entry = null, origin = 'file') {
     const seed = parseInt(params.get('seed') || '1', 10) || 0;
     if (ui.auto) ui.auto.backend.dispose();
     ui.auto = new Automaton(model, params.get('backend') || 'auto', seed);
+    ui.current = entry ? entry.name : null;
+    $('error').hidden = true;
+    showInPicker(model, entry, origin);
     const m = model.meta, pr = m.perception;
     $('model-name').textContent = '· ' + model.name;
     $('model-info').textContent = pr.name + ' (' + pr.n_ops + ' x ' + pr.kernel_size + 'x' + pr.kernel_size +
@@ -75,7 +204,8 @@
     const bin = list.find((f) => f.name.endsWith('.bin'));
     if (!json || !bin) throw new Error('choose both files of an exported model: model.json and model.bin');
     const model = new NCAModel(JSON.parse(await json.text()), await bin.arrayBuffer());
-    use(model, null);
+    ui.loadToken++; // a pending picker choice no longer applies
+    use(model, null, null, 'file');
   }
 
   // --- drawing ---------------------------------------------------------------------------------------------
@@ -161,11 +291,10 @@
     drag.moved = true;
     const cell = cellAt(ev), [r0, c0] = drag.last;
     const n = Math.max(1, Math.ceil(2 * Math.hypot(cell[0] - r0, cell[1] - c0)));
-    for (let i = 0; i <= n; i++) {
-      ui.pendingErase.push([r0 + ((cell[0] - r0) * i) / n, c0 + ((cell[1] - c0) * i) / n, ui.brush]);
-    }
+    const discs = [];
+    for (let i = 0; i <= n; i++) discs.push([r0 + ((cell[0] - r0) * i) / n, c0 + ((cell[1] - c0) * i) / n, ui.brush]);
     drag.last = cell;
-    flushErase();
+    eraseDiscs(discs);
   });
   const endDrag = (ev) => {
     if (!drag) return;
@@ -179,10 +308,23 @@
   board.addEventListener('pointerup', endDrag);
   board.addEventListener('pointercancel', endDrag);
 
+  // Every erase (a mouse stroke, window.nca.erase, window.ncalab.erase) goes through here: discs [row, col, radius]
+  // in cell coordinates (cell (i, j) is centred on (i, j)), the radius defaulting to the brush.
+  function eraseDiscs(discs) {
+    for (const d of discs) ui.pendingErase.push([+d[0], +d[1], d.length > 2 && d[2] != null ? +d[2] : ui.brush]);
+    flushErase();
+  }
+
   function flushErase() {
     if (!ui.pendingErase.length) return;
     ui.auto.eraseMany(ui.pendingErase);
     ui.pendingErase = [];
+    ui.dirty = true;
+  }
+
+  // Every run of the automaton (the animation loop, the Step button, window.nca.step, window.ncalab.step).
+  function advance(n) {
+    ui.auto.step(n);
     ui.dirty = true;
   }
 
@@ -193,7 +335,7 @@
   }
   $('reset').addEventListener('click', () => { ui.auto.reset(); ui.dirty = true; });
   $('pause').addEventListener('click', () => setPaused(!ui.paused));
-  $('step').addEventListener('click', () => { ui.auto.step(1); ui.dirty = true; });
+  $('step').addEventListener('click', () => advance(1));
   $('speed').addEventListener('input', (e) => { ui.speed = +e.target.value; $('speed-out').textContent = e.target.value; });
   $('brush').addEventListener('input', (e) => { ui.brush = +e.target.value; $('brush-out').textContent = e.target.value; });
   $('fire').addEventListener('input', (e) => { ui.auto.fireRate = +e.target.value; $('fire-out').textContent = (+e.target.value).toFixed(2); });
@@ -203,11 +345,19 @@
     location.search = params.toString();
   });
   $('file').addEventListener('change', (e) => loadFiles(e.target.files).catch(showError));
+  picker.addEventListener('change', (e) => {
+    const name = e.target.value;
+    if (!name) return; // the extra option of a model loaded by file or URL
+    selectModel(name).catch((err) => {
+      showError(err);
+      picker.value = ui.current === null ? '' : ui.current;
+    });
+  });
   document.addEventListener('keydown', (e) => {
     if (e.target.tagName === 'INPUT' || e.target.tagName === 'SELECT') return;
     if (e.key === ' ') { setPaused(!ui.paused); e.preventDefault(); }
     else if (e.key === 'r' || e.key === 'R') { ui.auto.reset(); ui.dirty = true; }
-    else if (e.key === 's' || e.key === 'S') { ui.auto.step(1); ui.dirty = true; }
+    else if (e.key === 's' || e.key === 'S') advance(1);
   });
   $('speed').value = String(Math.min(64, ui.speed));
   $('speed-out').textContent = String(ui.speed);
@@ -216,9 +366,8 @@
   function frame(now) {
     if (ui.auto) {
       if (!ui.paused) {
-        ui.auto.step(ui.speed);
+        advance(ui.speed);
         ui.spsSteps += ui.speed;
-        ui.dirty = true;
       }
       if (ui.dirty) render(); // reads the state back, which also waits for the GPU
       const dt = now - ui.spsSince;
@@ -240,13 +389,13 @@
     get meta() { return ui.auto.model.meta; },
     get paused() { return ui.paused; },
     get sps() { return ui.sps; },
-    step(n = 1) { ui.auto.step(n); ui.auto.backend.sync(); ui.dirty = true; return ui.auto.steps; },
+    step(n = 1) { advance(n); ui.auto.backend.sync(); return ui.auto.steps; },
     readState() { return ui.auto.readState(); },
     readStateArray() { return Array.from(ui.auto.readState()); },
     setState(x) { ui.auto.setState(Float32Array.from(x)); ui.dirty = true; },
     setFireRate(r) { ui.auto.fireRate = r; $('fire').value = String(r); $('fire-out').textContent = (+r).toFixed(2); },
     reset(seed) { ui.auto.reset(seed); ui.dirty = true; },
-    erase(row, col, radius = ui.brush) { ui.auto.erase(row, col, radius); ui.dirty = true; },
+    erase(row, col, radius = ui.brush) { eraseDiscs([[row, col, radius]]); },
     plant(row, col) { ui.auto.plant(row, col); ui.dirty = true; },
     pause(p = true) { setPaused(p); },
     setSpeed(n) { ui.speed = n; $('speed').value = String(n); $('speed-out').textContent = String(n); },
@@ -261,14 +410,53 @@
       ui.auto.readState();
       return (1000 * n) / (performance.now() - t0);
     },
-    async load(url) { use(await NCAModel.fetch(url), null); },
+    async load(url) {
+      const token = ++ui.loadToken, model = await NCAModel.fetch(url);
+      if (token === ui.loadToken) use(model, targetOf(model), null, 'URL');
+    },
+    models() { return index ? index.models.map((e) => e.name) : []; },
+    get current() { return ui.current; },
+    select(name) { return selectModel(name); },
+  };
+
+  // --- window.ncalab: the test hook ----------------------------------------------------------------------------
+  // A small, stable surface for tests and scripts that goes through the page's own code paths (the same
+  // functions the animation loop, the mouse and the model picker call), so that what it checks is what a
+  // visitor gets. Cell coordinates: row i, column j, cell (i, j) centred on (i, j).
+  //   ready          Promise, resolved (to this hook) once the first model runs
+  //   models()       names offered by the model picker, in its order ([] for a page without models.js)
+  //   model()        {name, meta, backend, steps, fireRate}: the running model (name: its picker name, or null)
+  //   select(name)   Promise: choose `name` as the picker does (loaded once, run from a seed); true when it ran
+  //   step(n)        run n steps as the animation loop does (fire mask from the page's seeded RNG at the
+  //                  current fire rate); waits for the backend; returns the step count since the seed
+  //   erase(discs)   erase [[row, col, radius], ...] as a mouse stroke does; returns the number of discs
+  //   rgba()         {steps, H, W, data}: the premultiplied RGBA state (channels 0-3, float32 values) as a plain
+  //                  array, data[(c * H + i) * W + j]; no pixels are scraped
+  //   alive()        the page's readout of alive cells (3x3 max of alpha above the model's threshold)
+  //   render()       draw the current state now (before a screenshot)
+  const hook = {
+    ready: null,
+    models: api.models,
+    model() {
+      const a = ui.auto;
+      return { name: ui.current, meta: a.model.meta, backend: a.backend.name, steps: a.steps, fireRate: a.fireRate };
+    },
+    select(name) { return selectModel(name); },
+    step(n = 1) { return api.step(n); },
+    erase(discs) { eraseDiscs(discs); return discs.length; },
+    rgba() {
+      const m = ui.auto.model, x = ui.auto.readState();
+      return { steps: ui.auto.steps, H: m.H, W: m.W, data: Array.from(x.subarray(0, 4 * m.H * m.W)) };
+    },
+    alive() { return ui.auto.aliveCount(); },
+    render() { render(); },
   };
 
   window.nca = api;
-  api.ready = defaultModel()
-    .then((model) => {
-      const targetUrl = model.meta.target ? new URL(model.meta.target, model.baseUrl || location.href).href : null;
-      use(model, targetUrl);
+  window.ncalab = hook;
+  setupPicker();
+  api.ready = initialModel()
+    .then(() => {
       setPaused(ui.paused);
       requestAnimationFrame(frame);
       document.body.dataset.ready = '1';
@@ -279,4 +467,5 @@
       document.body.dataset.ready = 'error';
       throw e;
     });
+  hook.ready = api.ready.then(() => hook);
 })();

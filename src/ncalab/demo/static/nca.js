@@ -162,8 +162,15 @@
       this.pre = new Uint8Array(H * W);
       this.post = new Uint8Array(H * W);
       this.near = new Uint8Array(H * W);
-      this.p = new Float32Array(P);
-      this.h = new Float32Array(hidden);
+      // Float64 copies of float32 values (exact): the hot loops then read doubles without converting them.
+      this.p = new Float64Array(P); // holds float32 values (rounded on store), as PyTorch's perception output
+      this.w1 = Float64Array.from(model.w1);
+      this.hv = new Float64Array(hidden); // values of the hidden units a ReLU let through ...
+      this.act = new Int32Array(hidden); // ... and which units they are
+      this.out = new Float64Array(C);
+      // W2 transposed ([h][c]): the output layer reads only the rows of active hidden units, contiguously.
+      this.w2t = new Float64Array(hidden * C);
+      for (let h = 0; h < hidden; h++) for (let c = 0; c < C; c++) this.w2t[h * C + c] = model.w2[c * hidden + h];
     }
 
     setState(x) { this.state.set(x); }
@@ -174,8 +181,8 @@
       const m = this.model;
       const { C, H, W, P, hidden, n, k, threshold } = m;
       const HW = H * W, r = k >> 1, kk = k * k;
-      const K = m.kernels, S = m.scale, w1 = m.w1, b1 = m.b1, w2 = m.w2, b2 = m.b2;
-      const x = this.state, y = this.next, p = this.p, hb = this.h;
+      const K = m.kernels, S = m.scale, w1 = this.w1, b1 = m.b1, w2t = this.w2t, b2 = m.b2;
+      const x = this.state, y = this.next, p = this.p, hv = this.hv, act = this.act, out = this.out;
       const pre = this.pre, post = this.post, near = this.near;
       alivePool(x.subarray(3 * HW, 4 * HW), H, W, threshold, pre);
       dilate(pre, H, W, near);
@@ -200,21 +207,39 @@
                   s += K[krow + kx] * x[row + xx];
                 }
               }
-              p[C + c * n + o] = Math.fround(s) * S[c * n + o];
+              p[C + c * n + o] = Math.fround(Math.fround(s) * S[c * n + o]);
             }
           }
-          for (let h = 0; h < hidden; h++) {
-            let s = b1[h];
+          // Hidden layer, four units at a time (each p[q] read once for four independent sums), then the output
+          // layer over the units the ReLU let through only (a zero unit adds nothing).
+          let na = 0, h = 0;
+          for (; h + 3 < hidden; h += 4) {
+            const r0 = h * P, r1 = r0 + P, r2 = r1 + P, r3 = r2 + P;
+            let s0 = b1[h], s1 = b1[h + 1], s2 = b1[h + 2], s3 = b1[h + 3];
+            for (let q = 0; q < P; q++) {
+              const v = p[q];
+              s0 += w1[r0 + q] * v;
+              s1 += w1[r1 + q] * v;
+              s2 += w1[r2 + q] * v;
+              s3 += w1[r3 + q] * v;
+            }
+            if (s0 > 0) { act[na] = h; hv[na++] = s0; }
+            if (s1 > 0) { act[na] = h + 1; hv[na++] = s1; }
+            if (s2 > 0) { act[na] = h + 2; hv[na++] = s2; }
+            if (s3 > 0) { act[na] = h + 3; hv[na++] = s3; }
+          }
+          for (; h < hidden; h++) {
             const base = h * P;
+            let s = b1[h];
             for (let q = 0; q < P; q++) s += w1[base + q] * p[q];
-            hb[h] = s > 0 ? s : 0;
+            if (s > 0) { act[na] = h; hv[na++] = s; }
           }
-          for (let c = 0; c < C; c++) {
-            let s = b2[c];
-            const base = c * hidden;
-            for (let h = 0; h < hidden; h++) s += w2[base + h] * hb[h];
-            y[c * HW + idx] = x[c * HW + idx] + Math.fround(s);
+          for (let c = 0; c < C; c++) out[c] = b2[c];
+          for (let a = 0; a < na; a++) {
+            const base = act[a] * C, v = hv[a];
+            for (let c = 0; c < C; c++) out[c] += w2t[base + c] * v;
           }
+          for (let c = 0; c < C; c++) y[c * HW + idx] = x[c * HW + idx] + Math.fround(out[c]);
         }
       }
       alivePool(y.subarray(3 * HW, 4 * HW), H, W, threshold, post);
