@@ -35,7 +35,7 @@ compare: install ## report.html for a sweep: make compare SWEEP=outputs/multirun
 bench: install ## time training iterations against a plain baseline: make bench ARGS="--sizes 72 --steps 16"
 	$(PY) -m ncalab.bench $(ARGS)
 
-demo: install ## serve the browser demo on 127.0.0.1:8000 (CKPT=<checkpoint or exported folder>; default: pretrained flower)
+demo: install ## serve the browser demo on 127.0.0.1:8000 (CKPT=<checkpoint or folder>; default: every shipped model)
 	$(PY) -m ncalab.demo serve $(CKPT) $(ARGS)
 
 lint: install ## ruff check + format check

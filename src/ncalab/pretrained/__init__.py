@@ -1,8 +1,9 @@
 """Pretrained models shipped with ncalab, one folder each, exported for the browser demo.
 
 Each folder holds ``model.json`` + ``model.bin`` (float32 weights, the format of ``python -m ncalab.demo export``),
-``target.png`` and ``MODEL_CARD.md`` (config, training steps, final metrics). No ``.ckpt`` is shipped: checkpoints
-hold the whole sample pool. ``python -m ncalab.demo serve`` runs the ``flower`` model.
+``target.png``, ``evaluation.json`` and ``MODEL_CARD.md`` (config, training, evaluation). No ``.ckpt`` is shipped:
+checkpoints hold the whole sample pool. Each model is trained by ``python train.py experiment=pretrained_<name>``
+and shipped by ``python -m ncalab.pretrained <run dir> <name>``. ``python -m ncalab.demo serve`` offers them all.
 """
 
 from __future__ import annotations
