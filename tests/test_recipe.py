@@ -77,3 +77,24 @@ def test_a_batch_damages_its_share_and_leaves_the_rest(smoke_cfg):
     assert torch.equal(x[1], before[idx[1]])  # one is left alone
     for k in (2, 3):  # the two best get a hole
         assert bool((x[k] == 0).all(dim=0).any())
+
+
+def test_damage_radius_sets_the_size_of_the_holes(smoke_cfg):
+    from hydra.utils import instantiate
+
+    sizes = {}
+    for radius in ("[0.1,0.15]", "[0.5,0.6]"):
+        dm = instantiate(smoke_cfg(f"data.damage_radius={radius}", "data.damage_share=0.5").data)
+        dm.pool.states = torch.rand(dm.pool.states.shape) + 0.1
+        _, x = dm.make_batch(dm.sample_indices())
+        sizes[radius] = int((x[2:] == 0).all(dim=1).sum())
+    assert sizes["[0.5,0.6]"] > 4 * sizes["[0.1,0.15]"] > 0
+
+
+@pytest.mark.parametrize("radius", ["[0.4,0.1]", "[0,0.3]", "[0.2]", "[0.5,1.5]"])
+def test_bad_damage_radius_is_refused(smoke_cfg, radius):
+    from ncalab.errors import ConfigError
+    from ncalab.train import build
+
+    with pytest.raises(ConfigError, match=r"data\.damage_radius"):
+        build(smoke_cfg(f"data.damage_radius={radius}").data, "data")

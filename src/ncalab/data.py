@@ -109,10 +109,13 @@ def load_target(target: str, size: int = 40, padding: int = 16, allow_upscale: b
     )
 
 
+DAMAGE_RADIUS = (0.1, 0.4)  # Distill's: in units of half the grid
+
+
 def circle_damage(
-    x: torch.Tensor, generator: torch.Generator | None = None, radius=(0.1, 0.4)
+    x: torch.Tensor, generator: torch.Generator | None = None, radius: tuple[float, float] = DAMAGE_RADIUS
 ) -> torch.Tensor:
-    """Zero a random disc in each sample (Distill: centre in the middle half, radius 0.1-0.4 of the grid)."""
+    """Zero a random disc in each sample (Distill: centre in the middle half, radius 0.1-0.4 of half the grid)."""
     b, _, h, w = x.shape
     g = dict(generator=generator) if generator is not None else {}
     centre = torch.rand(b, 2, 1, 1, **g) - 0.5
@@ -181,6 +184,7 @@ class SamplePool:
         target: torch.Tensor,
         damage_n: int = 0,
         generator: torch.Generator | None = None,
+        damage_radius: tuple[float, float] = DAMAGE_RADIUS,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """States at ``idx`` sorted by loss (worst first); the worst is replaced by the seed and the
         ``damage_n`` best get a circular hole (at most :func:`max_damaged`: the reseeded sample and one more are
@@ -191,7 +195,7 @@ class SamplePool:
         x[0] = self.seed
         n = min(damage_n, max_damaged(len(idx)))
         if n > 0:
-            x[-n:] = circle_damage(x[-n:], generator)
+            x[-n:] = circle_damage(x[-n:], generator, damage_radius)
         return idx, x
 
     def write_back(self, idx: torch.Tensor, x: torch.Tensor) -> None:
@@ -239,6 +243,7 @@ class NCADataModule(L.LightningDataModule):
         batch_size: int = 8,
         mode: str = "regenerating",
         damage_share: float = 0.375,
+        damage_radius: tuple[float, float] | list[float] = DAMAGE_RADIUS,
         steps_per_epoch: int = 100,
         seed: int = 0,
     ):
@@ -251,6 +256,13 @@ class NCADataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.mode = mode
         self.damage_share = damage_share
+        radius = tuple(float(r) for r in damage_radius)
+        if len(radius) != 2 or not 0.0 < radius[0] <= radius[1] <= 1.0:
+            raise ConfigError(
+                f"data.damage_radius={list(damage_radius)!r} must be [min, max] with 0 < min <= max <= 1 "
+                "(radius of the hole in units of half the grid)"
+            )
+        self.damage_radius = radius
         # Damaged samples per batch; checked for every mode so that a bad value is refused, used when regenerating.
         damaged = damaged_count(damage_share, batch_size)
         self.damage_n = damaged if mode == "regenerating" else 0
@@ -313,7 +325,7 @@ class NCADataModule(L.LightningDataModule):
         if self.mode == "growing":
             x = self.pool.seed.unsqueeze(0).repeat(len(idx), 1, 1, 1)
         else:
-            idx, x = self.pool.batch(idx, self.target, self.damage_n, self.generator)
+            idx, x = self.pool.batch(idx, self.target, self.damage_n, self.generator, self.damage_radius)
         return idx, x.to(device)
 
     def write_back(self, idx: torch.Tensor, x: torch.Tensor) -> None:
