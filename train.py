@@ -13,10 +13,22 @@ from ncalab.errors import NCALabError
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    from ncalab.callbacks import RunInterrupted, interrupt_signal
     from ncalab.train import run
 
     try:
         summary = run(cfg)
+    except RunInterrupted as exc:
+        # Not 0: a scheduler must see that the run did not finish (143 = 128 + SIGTERM, 130 = 128 + SIGINT).
+        logging.getLogger("ncalab").error("%s", exc)
+        print(f"ncalab: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except SystemExit as exc:
+        # Lightning turns Ctrl+C and SIGTERM into a SystemExit (SIGTERM's without a code, i.e. 0).
+        signum = interrupt_signal(exc)
+        if signum is not None:
+            sys.exit(128 + signum)
+        raise
     except NCALabError as exc:
         logging.getLogger("ncalab").error("%s", exc)
         print(f"ncalab: error: {exc}", file=sys.stderr)

@@ -93,3 +93,35 @@ def test_without_the_guard_the_poison_is_applied(smoke_cfg, tmp_path):
     run(smoke_cfg("guard.enabled=false", "trainer.max_steps=4"), [PoisonWeights([2])])
     s = summary(out)
     assert s["divergences"] == 0 and math.isnan(s["train_loss"])
+
+
+def test_successive_rollbacks_keep_lowering_the_lr(smoke_cfg, tmp_path):
+    """Every rollback restores the same snapshot (with the lr it had), yet each one lowers the lr in use further;
+    the final stop lowers it once more, so that last.ckpt does not resume at a rate that diverged."""
+    out = tmp_path / "run"
+    cfg = smoke_cfg(
+        "guard.action=rollback", "guard.max_rollbacks=3", "trainer.max_steps=9", "guard.snapshot_every=1"
+    )
+    run(cfg, [PoisonWeights(range(2, 9))])
+    events = summary(out)["divergence_events"]
+    assert [e["action"] for e in events] == ["rollback", "rollback", "rollback", "stop"]
+    assert {e["restored_step"] for e in events} == {1}  # the same snapshot every time
+    assert [e["lr"] for e in events] == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4])
+    ckpt = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1.25e-4)
+
+
+def test_a_guard_stop_reports_the_last_good_loss_and_a_lowered_lr(smoke_cfg, tmp_path):
+    out = tmp_path / "run"
+    run(
+        smoke_cfg(
+            "guard.action=stop", "trainer.max_steps=6", "guard.snapshot_every=1", "guard.lr_factor=0.1"
+        ),
+        [PoisonWeights([3])],
+    )
+    s = summary(out)
+    assert s["stopped_by_guard"] is True
+    assert math.isfinite(s["train_loss"]) and s["train_loss"] > 0  # not the NaN of the step that diverged
+    assert s["divergence_events"][0]["lr"] == pytest.approx(2e-4)
+    ckpt = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(2e-4)

@@ -3,8 +3,13 @@ summary.json, final.png), rollout videos."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import signal
+import threading
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,10 +17,13 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
 from ncalab.evaluate import LONG_RUN_STEPS, measure_nca, parse_steps
 from ncalab.media import cut_region, eval_mode, frames_uint8, pool_grid, record_rollout, write_video
+
+log = logging.getLogger("ncalab")
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
@@ -28,7 +36,8 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarra
 
 
 class RunStatus:
-    """``status.json`` in the run directory: running, finished or failed (with the error), for sweeps and reports."""
+    """``status.json`` in the run directory: running, finished, failed (with the error) or interrupted (with the
+    signal), for sweeps and reports."""
 
     def __init__(self, output_dir: str | Path, overrides: list[str] | None = None, write: bool = True):
         self.path = Path(output_dir) / "status.json"
@@ -41,8 +50,17 @@ class RunStatus:
         self._write()
 
     def failed(self, exc: BaseException) -> None:
-        kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        self.state.update(status=kind, ended=_now(), error=f"{type(exc).__name__}: {exc}")
+        signum = interrupt_signal(exc)
+        if signum is not None:
+            name = signal.Signals(signum).name
+            self.state.update(status="interrupted", ended=_now(), signal=name, exit_code=128 + signum)
+            self.state["error"] = (
+                str(exc) if isinstance(exc, RunInterrupted) else f"{name}: {type(exc).__name__}"
+            )
+            if isinstance(exc, RunInterrupted) and exc.step is not None:
+                self.state.update(step=exc.step, checkpoint=exc.checkpoint)
+        else:
+            self.state.update(status="failed", ended=_now(), error=f"{type(exc).__name__}: {exc}")
         self._write()
 
     def _write(self) -> None:
@@ -56,16 +74,211 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class RunInterrupted(BaseException):
+    """The run was stopped by a signal (Ctrl+C = SIGINT, or SIGTERM, what SLURM sends before a time limit).
+
+    Not an ``Exception``: nothing on the way may swallow it. ``train.py`` exits with ``exit_code`` (128 + the
+    signal number: 130 for SIGINT, 143 for SIGTERM), so that a scheduler sees the run did not finish."""
+
+    def __init__(self, signum: int, step: int | None = None, checkpoint: str | Path | None = None):
+        self.signum = int(signum)
+        self.step = step
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        where = f" at step {step}" if step is not None else ""
+        saved = f"; checkpoint saved: {self.checkpoint}" if self.checkpoint else ""
+        super().__init__(f"interrupted by {signal.Signals(self.signum).name}{where}{saved}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def interrupt_signal(exc: BaseException | None) -> int | None:
+    """The signal that stopped a run, when ``exc`` (or what it was raised from) is an interruption."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, RunInterrupted):
+            return exc.signum
+        if isinstance(exc, KeyboardInterrupt):
+            return int(signal.SIGINT)
+        if isinstance(exc, SIGTERMException):  # Lightning's own, raised when it saw SIGTERM
+            return int(signal.SIGTERM)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class StopSignals:
+    """SIGINT and SIGTERM handling of one process during a run.
+
+    While training steps run (``defer``), the first signal is only recorded: :class:`FinalCheckpoint` saves
+    ``last.ckpt`` at the end of the step and stops the run. Otherwise (before training, after the final
+    checkpoint, or at a second signal) :class:`RunInterrupted` is raised at once. Handlers are installed only
+    from the main thread, and the previous ones come back on :meth:`restore`.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.defer = False
+        self.saved_step: int | None = None  # where the stop saved last.ckpt
+        self._previous: dict[int, object] = {}
+
+    def reset(self) -> None:
+        self.signum, self.defer, self.saved_step = None, False, None
+
+    def install(self) -> bool:
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return False
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+        return True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            if signal.getsignal(sig) == self._handle:
+                signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        previous = self._previous.get(signum)
+        # Chain to a handler someone else installed before (Lightning's SIGTERM notifier forwards the signal to
+        # spawned processes); never to the defaults, which would raise KeyboardInterrupt or end the process.
+        if callable(previous) and previous not in (signal.default_int_handler, self._handle):
+            previous(signum, frame)
+        again = self.signum is not None
+        self.signum = signum
+        name = signal.Signals(signum).name
+        if self.defer and not again:
+            log.warning("%s received: saving the checkpoint at the end of this step, then stopping", name)
+            return
+        raise RunInterrupted(signum)
+
+
+# The one instance of this process (spawned DDP processes get their own).
+STOP = StopSignals()
+
+
 class FinalCheckpoint(L.Callback):
-    """Save ``last.ckpt`` when training ends, in every process (rank 0 writes; all take part in gathering)."""
+    """Save ``last.ckpt`` when training ends, in every process (rank 0 writes; all take part in gathering).
+
+    It runs first at the end of training, before the callbacks that can fail or take long (evaluation, media),
+    and also when a run is stopped by SIGINT or SIGTERM (:class:`StopSignals`): at the end of the step under way,
+    then :class:`RunInterrupted` ends the run.
+    """
 
     def __init__(self, path: str | Path):
         super().__init__()
         self.path = Path(path)
+        self._installed = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # In a spawned DDP process nobody else has installed the handlers.
+        self._installed = STOP.install()
+        STOP.defer = True
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._installed:
+            STOP.restore()
+            self._installed = False
+
+    def _stop_requested(self, trainer: L.Trainer) -> int | None:
+        signum = STOP.signum
+        if signum is None and trainer.received_sigterm:
+            signum = int(signal.SIGTERM)
+        if trainer.world_size > 1:  # every process must take the same decision (the save is collective)
+            flag = torch.tensor(float(signum or 0), device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op="max")) or None
+        return signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        signum = self._stop_requested(trainer)
+        if signum is None:
+            return
+        self._save_and_stop(trainer, signum)
+
+    def _save_and_stop(self, trainer: L.Trainer, signum: int) -> None:
+        STOP.defer = False  # a further signal during the save ends it at once
+        trainer.save_checkpoint(self.path, weights_only=False)
+        STOP.saved_step = trainer.global_step
+        log.warning(
+            "%s: saved %s at step %d; stopping", signal.Signals(signum).name, self.path, trainer.global_step
+        )
+        raise RunInterrupted(signum, trainer.global_step, self.path)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning's own SIGTERM stop (SIGTERMException, raised in every process at the end of a step when
+        # the signal came after this callback's check): the state is whole, save it; the run turns the
+        # exception into RunInterrupted.
+        if isinstance(exception, SIGTERMException) and STOP.saved_step is None:
+            with contextlib.suppress(RunInterrupted):
+                self._save_and_stop(trainer, int(signal.SIGTERM))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After a divergence stop the module holds the last good state again (see NCALitModule._diverged).
         trainer.save_checkpoint(self.path, weights_only=False)
+        STOP.defer = False
+        signum = STOP.signum or (int(signal.SIGTERM) if trainer.received_sigterm else None)
+        if signum is not None:  # a signal came while the last step ended: skip evaluation and media
+            raise RunInterrupted(signum, trainer.global_step, self.path)
+
+
+class ResumeOptim(L.Callback):
+    """On resume, the optimiser settings given for this run that differ from the checkpoint's run config
+    (``optim.lr``, ``optim.milestones``, ``optim.gamma``, ``optim.betas``) replace the restored ones, with one
+    message each. Settings left as they were keep the checkpoint's optimiser state: its learning rate (as the
+    schedule and any divergence-guard rollbacks left it) and its schedule.
+
+    ``optim.lr`` becomes the learning rate in use from the resumed step on; the remaining milestones (those
+    after it) then multiply it by ``optim.gamma``.
+    """
+
+    KEYS = ("lr", "milestones", "gamma", "betas")
+
+    def __init__(self, changes: dict[str, tuple]):
+        super().__init__()
+        self.changes = changes  # key -> (checkpoint's value, this run's value)
+
+    @classmethod
+    def for_resume(cls, saved: dict, config: dict) -> list[L.Callback]:
+        old, new = saved.get("optim") or {}, config.get("optim") or {}
+        changes = {}
+        for key in cls.KEYS:
+            a, b = old.get(key), new.get(key)
+            if isinstance(a, tuple | list) and isinstance(b, tuple | list):
+                a, b = list(a), list(b)
+            if a is not None and b is not None and a != b:
+                changes[key] = (a, b)
+        return [cls(changes)] if changes else []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        optimizer = trainer.optimizers[0]
+        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
+        for key, (old, new) in self.changes.items():
+            if key == "lr":
+                in_use = optimizer.param_groups[0]["lr"]
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] = float(new)
+                for scheduler in schedulers:
+                    scheduler.base_lrs = [float(new)] * len(optimizer.param_groups)
+                    scheduler._last_lr = [float(new)] * len(optimizer.param_groups)
+                detail = f"the learning rate in use was {in_use:.4g}"
+            elif key == "betas":
+                for group in optimizer.param_groups:
+                    group["betas"] = tuple(float(b) for b in new)
+                detail = "Adam's moment estimates are kept"
+            else:
+                for scheduler in schedulers:
+                    if key == "milestones" and hasattr(scheduler, "milestones"):
+                        scheduler.milestones = Counter(int(m) for m in new)
+                    elif key == "gamma" and hasattr(scheduler, "gamma"):
+                        scheduler.gamma = float(new)
+                detail = f"from step {trainer.global_step} on"
+            log.warning("resume: optim.%s=%s replaces the checkpoint's %s (%s)", key, new, old, detail)
 
 
 class RunEvaluation(L.Callback):

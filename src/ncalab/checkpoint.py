@@ -1,16 +1,25 @@
-"""Reading checkpoints safely (``weights_only=True``) and checking that they fit the run that loads them."""
+"""Reading checkpoints safely (``weights_only=True``), checking that they fit the run that loads them, rebuilding
+a model from one without calling anything it names, and writing them so that a killed save never destroys the
+last good one."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import inspect
+import os
+import re
+import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ncalab.errors import CheckpointError
 from ncalab.nca import NCA
+from ncalab.perception import FixedPerception, Perception, ScaledPerception, TrainablePerception
 
 # Settings that decide the shapes and meaning of what a checkpoint holds.
 COMPATIBLE_KEYS = (
@@ -21,7 +30,17 @@ COMPATIBLE_KEYS = (
     "data.target_size",
     "data.padding",
     "data.pool_size",
+    "data.mode",
 )
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+# The only classes a checkpoint may name as its perception (the ``_target_`` of conf/perception/*.yaml). A
+# checkpoint's config is data: nothing it names is imported or called, and no ``${...}`` in it is resolved.
+PERCEPTION_CLASSES: dict[str, type[Perception]] = {
+    f"ncalab.perception.{cls.__name__}": cls
+    for cls in (FixedPerception, TrainablePerception, ScaledPerception)
+}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -32,21 +51,31 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means the same thing to the user
+        # The whole message: torch's own explanation of weights_only (and its warning that loading the file
+        # with weights_only=False can execute arbitrary code) is what the user needs to decide what to do.
         raise CheckpointError(
-            f"ckpt_path={str(path)!r} is not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
+            f"ckpt_path={str(path)!r} is not a readable checkpoint "
+            f"({type(exc).__name__}: {' '.join(_ANSI.sub('', str(exc)).split())})"
         ) from exc
-    config = ckpt.get("hyper_parameters", {}).get("config") if isinstance(ckpt, dict) else None
-    if not config or "state_dict" not in ckpt:
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    config = hparams.get("config") if isinstance(hparams, dict) else None
+    if not isinstance(config, dict) or not config or "state_dict" not in ckpt:
         raise CheckpointError(f"ckpt_path={str(path)!r} is not an ncalab checkpoint (no saved run config)")
     return ckpt
 
 
 # What a key meant in checkpoints written before it existed.
-LEGACY_DEFAULTS = {"model.update_bias": True}
+LEGACY_DEFAULTS = {"model.update_bias": True, "data.mode": "regenerating"}
 
 
 def _select(config: dict, key: str) -> Any:
-    return OmegaConf.select(OmegaConf.create(config), key, default=LEGACY_DEFAULTS.get(key))
+    """``config[a][b]`` for ``key="a.b"``, as plain data (no interpolation is resolved)."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return LEGACY_DEFAULTS.get(key)
+        node = node[part]
+    return node
 
 
 def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
@@ -69,18 +98,176 @@ def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: str | P
         )
 
 
+def _check_plain(value: Any, where: str, path: str | Path) -> None:
+    """Refuse anything in a checkpoint's config that is not plain data, and any interpolation (``${...}``):
+    ncalab saves resolved configs, and a value read from a checkpoint is never resolved."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(v, f"{where}.{k}" if where else str(k), path)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]", path)
+    elif isinstance(value, str):
+        if "${" in value:
+            raise CheckpointError(
+                f"{str(path)!r}: the saved config has an interpolation at {where} ({value!r}); "
+                "ncalab saves resolved configs, so this one was altered; refused"
+            )
+    elif value is not None and not isinstance(value, bool | int | float):
+        raise CheckpointError(f"{str(path)!r}: the saved config holds a {type(value).__name__} at {where}")
+
+
+def _keyword_args(cls: type, node: dict[str, Any], skip: set[str], where: str, path: str | Path) -> dict:
+    """``node`` as keyword arguments of ``cls``, refusing keys it does not take and values that are not scalars."""
+    params = inspect.signature(cls.__init__).parameters
+    accepted = {n for n, p in params.items() if n != "self" and p.kind is p.POSITIONAL_OR_KEYWORD} - skip
+    kwargs = {}
+    for key, value in node.items():
+        if key == "_target_":
+            continue
+        if key not in accepted:
+            raise CheckpointError(
+                f"{str(path)!r}: {where}.{key} is not a setting of {cls.__name__} "
+                f"(accepted: {', '.join(sorted(accepted))})"
+            )
+        if value is not None and not isinstance(value, bool | int | float | str):
+            raise CheckpointError(f"{str(path)!r}: {where}.{key} must be a plain value, got {value!r}")
+        kwargs[key] = value
+    return kwargs
+
+
+def build_perception(config: dict[str, Any], path: str | Path) -> Perception:
+    """The perception a saved run config describes, built from the known classes only (never instantiated
+    through Hydra: a checkpoint cannot make this call anything it names)."""
+    node = config.get("perception")
+    if not isinstance(node, dict):
+        raise CheckpointError(f"{str(path)!r}: the saved config has no perception")
+    target = node.get("_target_")
+    cls = PERCEPTION_CLASSES.get(target) if isinstance(target, str) else None
+    if cls is None:
+        raise CheckpointError(
+            f"{str(path)!r}: perception._target_={target!r} is not an ncalab perception; "
+            f"accepted: {', '.join(sorted(PERCEPTION_CLASSES))}"
+        )
+    kwargs = _keyword_args(cls, node, set(), "perception", path)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{str(path)!r}: the saved perception config does not build ({exc})") from exc
+
+
 def load_nca(path: str | Path) -> tuple[NCA, dict[str, Any]]:
-    """Rebuild the trained :class:`NCA` from a checkpoint alone; returns ``(nca, run config)``."""
+    """Rebuild the trained :class:`NCA` from a checkpoint alone; returns ``(nca, run config)``.
+
+    Only tensors and plain values are read: the perception is one of :data:`PERCEPTION_CLASSES` built from
+    its saved scalar settings, nothing else named in the checkpoint is imported or called, and a config with
+    an interpolation (``${...}``) or a Hydra key other than the perception's ``_target_`` is refused.
+    """
     ckpt = read_checkpoint(path)
     config = ckpt["hyper_parameters"]["config"]
-    perception = instantiate(config["perception"])
+    _check_plain(config, "", path)
+    perception = build_perception(config, path)
     state = {k.removeprefix("nca."): v for k, v in ckpt["state_dict"].items() if k.startswith("nca.")}
-    model = dict(config["model"])
+    saved_model = config.get("model")
+    if not isinstance(saved_model, dict):
+        raise CheckpointError(f"{str(path)!r}: the saved config has no model settings")
+    model = _keyword_args(NCA, saved_model, {"perception"}, "model", path)
     # Checkpoints written before model.update_bias existed always had the bias.
     model.setdefault("update_bias", "update.2.bias" in state)
-    nca = NCA(perception, **model)
+    try:
+        nca = NCA(perception, **model)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{str(path)!r}: the saved model config does not build ({exc})") from exc
     try:
         nca.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{str(path)!r}: weights do not fit the saved config ({exc})") from exc
     return nca.eval(), config
+
+
+# Saving: written beside the target, synced, then renamed over it.
+TEMP_MARK = ".ncalab-tmp-"
+
+
+def _temp_name(target: Path) -> Path:
+    """``.<name>.ncalab-tmp-<host>-<pid>-<random>`` in the target's folder (hidden, and named so that stale
+    ones of a killed save can be recognised and removed)."""
+    host = socket.gethostname().replace("-", "_") or "host"
+    return target.with_name(f".{target.name}{TEMP_MARK}{host}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(target: str | Path) -> list[Path]:
+    """Remove the temporary files that killed saves of ``target`` left behind (ours only: by name, and not
+    those of a process on this host that is still alive)."""
+    target = Path(target)
+    host = socket.gethostname().replace("-", "_") or "host"
+    removed = []
+    for temp in target.parent.glob(f".{glob.escape(target.name)}{TEMP_MARK}*"):
+        owner = temp.name.split(TEMP_MARK, 1)[1].split("-")
+        try:
+            pid = int(owner[1])
+        except (IndexError, ValueError):
+            continue
+        if owner[0] == host and pid != os.getpid() and _alive(pid):
+            continue  # another live process on this machine is writing it
+        try:
+            temp.unlink()
+            removed.append(temp)
+        except OSError:
+            pass
+    return removed
+
+
+def atomic_torch_save(obj: Any, target: str | Path) -> None:
+    """``torch.save(obj, target)`` such that ``target`` always holds either its old or its new complete content:
+    the file is written in the target's folder (never under ``$TMPDIR``, which may be another filesystem, where a
+    move is a copy that first empties the target, or too small), flushed and fsync'ed, then ``os.replace``d over
+    the target. A failed or killed save leaves the old file as it was; its temporary file is removed on
+    failure, or by the next save after a kill."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(target)
+    temp = _temp_name(target)
+    try:
+        with open(temp, "xb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    # Make the rename itself durable (best effort: not every filesystem lets a folder be opened).
+    with contextlib.suppress(OSError):
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer for every save of a run (``ModelCheckpoint``, ``FinalCheckpoint``,
+    ``trainer.save_checkpoint``): local paths go through :func:`atomic_torch_save`; remote URLs (``s3://``...)
+    keep Lightning's own path."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        text = str(path)
+        if "://" in text and not text.startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError("storage_options are not supported for local checkpoints")
+        atomic_torch_save(checkpoint, text.removeprefix("file://"))

@@ -38,6 +38,7 @@ class DivergenceGuard:
         self.snapshot_every = snapshot_every
         self.events: list[dict[str, Any]] = []
         self.rollbacks = 0
+        self.last_good_loss = math.nan  # the loss of the latest step that passed the checks
         self._snapshot: dict[str, Any] | None = None
 
     def cause(self, loss: float, state_max: float, module: nn.Module) -> str | None:
@@ -52,24 +53,43 @@ class DivergenceGuard:
         return None
 
     def take_snapshot(
-        self, step: int, module: nn.Module, optimizer: torch.optim.Optimizer, pool: torch.Tensor
+        self,
+        step: int,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        pool: torch.Tensor,
+        loss: float = math.nan,
     ) -> None:
+        """Keep the state of ``step`` (``loss``: the training loss of these weights, when known)."""
         self._snapshot = {
             "step": step,
             "module": copy.deepcopy(module.state_dict()),
             "optimizer": copy.deepcopy(optimizer.state_dict()),
             "pool": pool.clone(),
+            "loss": float(loss),
         }
 
     @property
     def snapshot_step(self) -> int | None:
         return None if self._snapshot is None else self._snapshot["step"]
 
+    @property
+    def good_loss(self) -> float:
+        """The train loss to report for the restored state: the snapshot's, else the last finite one."""
+        loss = math.nan if self._snapshot is None else self._snapshot.get("loss", math.nan)
+        return loss if math.isfinite(loss) else self.last_good_loss
+
     def restore(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-        """Put the last good weights and optimiser state back; returns the last good pool."""
+        """Put the last good weights and optimiser state back, then multiply the learning rate that was in use
+        (not the snapshot's: lowered by every earlier rollback and by the schedule) by ``lr_factor``, so that
+        successive rollbacks keep lowering it and a checkpoint written after a stop does not resume at the rate
+        that diverged. Returns the last good pool."""
         assert self._snapshot is not None
+        in_use = [group["lr"] for group in optimizer.param_groups]
         module.load_state_dict(self._snapshot["module"])
         optimizer.load_state_dict(self._snapshot["optimizer"])
+        for group, lr in zip(optimizer.param_groups, in_use, strict=True):
+            group["lr"] = lr * self.lr_factor
         return self._snapshot["pool"].clone()
 
     def record(self, step: int, cause: str, action: str, lr: float | None = None) -> dict[str, Any]:

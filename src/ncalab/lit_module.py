@@ -144,8 +144,11 @@ class NCALitModule(L.LightningModule):
             if float(flag) > 0:
                 self._diverged(cause or "divergence in another process", optimizer)
                 return
+            self.guard.last_good_loss = self.last_loss
             if self.global_step % self.guard.snapshot_every == 0:
-                self.guard.take_snapshot(self.global_step, self, optimizer, self.datamodule.pool.states)
+                self.guard.take_snapshot(
+                    self.global_step, self, optimizer, self.datamodule.pool.states, loss=self.last_loss
+                )
         self.log("guard/divergences", float(len(self.guard.events)))
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
@@ -164,22 +167,23 @@ class NCALitModule(L.LightningModule):
         for p in self.parameters():
             p.grad = None  # Adam leaves parameters without a gradient untouched: the bad step is not applied
         step = self.global_step
+        # Restoring also lowers the lr in use by guard.lr_factor: on a rollback to go on, on a stop so that
+        # last.ckpt does not resume at the rate that diverged.
         self.datamodule.pool.states = self.guard.restore(self, optimizer)
+        self.last_loss = self.guard.good_loss  # the diverged step's loss is not the run's
+        lr = optimizer.param_groups[0]["lr"]
         rollback = self.guard.action == "rollback" and self.guard.rollbacks < self.guard.max_rollbacks
         if rollback:
             self.guard.rollbacks += 1
-            for group in optimizer.param_groups:
-                group["lr"] *= self.guard.lr_factor
-            event = self.guard.record(step, cause, "rollback", lr=optimizer.param_groups[0]["lr"])
-            message = (
-                f"lr lowered to {event['lr']:.3g}, rollback {self.guard.rollbacks}/{self.guard.max_rollbacks}"
-            )
+            event = self.guard.record(step, cause, "rollback", lr=lr)
+            message = f"lr lowered to {lr:.3g}, rollback {self.guard.rollbacks}/{self.guard.max_rollbacks}"
         else:
             gave_up = self.guard.action == "rollback"
-            event = self.guard.record(step, cause, "stop")
+            event = self.guard.record(step, cause, "stop", lr=lr)
             self.stopped_by_guard = True
             self.trainer.should_stop = True
             message = "gave up after the last rollback; stopping" if gave_up else "stopping"
+            message += f" (the checkpoint's lr is lowered to {lr:.3g} for a resume)"
         log.warning(
             "divergence at step %d: %s; restored the state of step %s; %s",
             step,

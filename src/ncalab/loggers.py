@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import netrc
 import os
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 log = logging.getLogger("ncalab")
 _told_offline = False
@@ -16,14 +16,42 @@ _told_offline = False
 MODES = ("auto", "online", "offline", "disabled")
 
 
+def _wandb_settings():
+    """wandb's settings as ``wandb.init`` would load them now (settings files, then environment), read afresh
+    rather than from wandb's process-wide singleton, so that a changed ``$HOME`` or environment is seen."""
+    from wandb.sdk.wandb_settings import Settings
+
+    settings = Settings()
+    config_dir = os.environ.get("WANDB_CONFIG_DIR")
+    system = Path(config_dir).expanduser() / "settings" if config_dir else Path("~/.config/wandb/settings")
+    settings.settings_system = str(system.expanduser())
+    settings.update_from_system_settings()
+    settings.update_from_env_vars(dict(os.environ))
+    return settings
+
+
 def has_wandb_credentials() -> bool:
-    """An API key in the environment or a ``wandb login`` entry in ~/.netrc."""
-    if os.environ.get("WANDB_API_KEY"):
+    """Whether wandb itself has credentials for the host it would use, from the sources ``wandb.init`` reads:
+    ``WANDB_API_KEY`` (or ``WANDB_IDENTITY_TOKEN_FILE``), the ``.netrc`` entry that ``wandb login`` writes for
+    wandb's own default host (``wandb.Settings().base_url``, or ``WANDB_BASE_URL``), or an ``api_key`` in
+    wandb's settings file. Nothing is sent anywhere."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
     try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        from wandb.sdk.lib import wbauth
+
+        settings = _wandb_settings()
+        host = settings.base_url
+        if wbauth.session_credentials(host=host) is not None:
+            return True
+        try:
+            if wbauth.read_netrc_auth(host=host):
+                return True
+        except Exception:  # noqa: BLE001 - a malformed entry: wandb would refuse it too
+            log.debug("W&B: unusable .netrc entry for %s", host, exc_info=True)
+        return bool(settings.api_key)
+    except Exception:  # noqa: BLE001 - an unreadable wandb configuration means no usable credentials
+        log.debug("W&B: could not read wandb's settings", exc_info=True)
         return False
 
 
@@ -65,14 +93,20 @@ def wandb_logger(
     id: str | None = None,
     run_config: dict[str, Any] | None = None,
     log_model: bool = False,
+    init_timeout: float = 30.0,
 ) -> WandbLogger:
     """A :class:`WandbLogger` whose files land in ``save_dir/wandb``.
 
     In a multirun the group is the sweep (``sweep-<sweep dir name>``), the name the job's overrides, the job type
     the perception and the tags the overrides, so a dashboard groups by perception and averages over seeds with
     no set-up. ``id`` resumes an earlier run (the id is kept in checkpoints).
+
+    In ``auto`` mode with credentials, ``wandb.init`` may wait at most ``init_timeout`` seconds for the server
+    (``$WANDB_INIT_TIMEOUT`` wins when set); when it cannot reach it (a compute node without network) the run
+    logs offline instead, with one message. An explicit ``online`` mode keeps wandb's own behaviour.
     """
     global _told_offline
+    auto = mode == "auto" and not os.environ.get("WANDB_MODE", "").strip()
     mode = resolve_mode(mode)
     sweep_group, run_name, overrides = _hydra_run_info()
     perception = ((run_config or {}).get("perception") or {}).get("name")
@@ -85,7 +119,15 @@ def wandb_logger(
             save_dir,
             save_dir,
         )
+    extra: dict[str, Any] = {}
+    if auto and mode == "online":
+        import wandb
+
+        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or init_timeout)
+        # quiet: wandb then skips looking up the account name to print it, which waits on the network too.
+        extra["settings"] = wandb.Settings(init_timeout=timeout, quiet=True)
     return WandbLogger(
+        fallback_offline=auto and mode == "online",
         project=project,
         entity=entity,
         save_dir=save_dir,
@@ -98,7 +140,47 @@ def wandb_logger(
         tags=sorted({t[:64] for t in (*(tags or []), *overrides, *([perception] if perception else []))}),
         config=run_config,
         log_model=log_model,
+        **extra,
     )
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's ``WandbLogger`` that, when ``fallback_offline``, turns into an offline run if ``wandb.init``
+    cannot reach the server (within the run settings' ``init_timeout``), instead of ending the run.
+
+    It keeps the class name ``WandbLogger``: the rest of ncalab recognises the W&B logger by that name."""
+
+    def __init__(self, *args: Any, fallback_offline: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._fallback_offline = fallback_offline
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):  # type: ignore[override]
+        create = LightningWandbLogger.experiment.fget  # Lightning's: wandb.init on first use
+        if self._experiment is not None or not self._fallback_offline:
+            return create(self)
+        self._fallback_offline = False
+        try:
+            run = create(self)
+        except Exception as exc:  # noqa: BLE001 - wandb raises CommError, AuthenticationError, timeouts...
+            self._experiment = None
+            settings = self._wandb_init.get("settings")
+            save_dir = self._wandb_init.get("dir") or "."
+            log.warning(
+                "W&B: credentials found but the server could not be reached within %ss (%s): logging offline to "
+                "%s/wandb instead. Upload later with: wandb sync %s/wandb/offline-run-*",
+                getattr(settings, "init_timeout", "?"),
+                " ".join(str(exc).split())[:200],
+                save_dir,
+                save_dir,
+            )
+            self._wandb_init["mode"] = "offline"
+            return create(self)
+        url = getattr(run, "url", None)
+        if url:
+            log.info("W&B run: %s", url)
+        return run
 
 
 def finish_wandb(failed: bool) -> None:

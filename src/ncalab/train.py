@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from ncalab.callbacks import FinalCheckpoint, RunStatus
-from ncalab.checkpoint import check_compatible, read_checkpoint
+from ncalab.callbacks import STOP, FinalCheckpoint, ResumeOptim, RunInterrupted, RunStatus, interrupt_signal
+from ncalab.checkpoint import AtomicCheckpointIO, check_compatible, read_checkpoint
 from ncalab.config import validate
 from ncalab.errors import ConfigError, NCALabError
 from ncalab.guard import DivergenceGuard
@@ -82,12 +82,30 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
     _guard_output_dir(out, cfg.ckpt_path)
     # Under SLURM / strategy=ddp every rank runs this function: only rank 0 keeps the books.
     status = RunStatus(out, _overrides(cfg), write=rank_zero_only.rank == 0)
+    # SIGINT (Ctrl+C) and SIGTERM (SLURM before a time limit): save last.ckpt, record "interrupted", exit 128+N.
+    STOP.reset()
+    installed = STOP.install()
     try:
         summary = _train(cfg, out, extra_callbacks)
     except BaseException as exc:
+        # A signal this process received counts too (with spawned DDP processes the error comes from them).
+        signum = interrupt_signal(exc) or STOP.signum
+        if signum is not None and not isinstance(exc, RunInterrupted):
+            # Lightning's SystemExit for SIGTERM (code None, i.e. exit status 0) or Ctrl+C: one exception that
+            # says which signal and where, and gives train.py its exit code.
+            saved = STOP.saved_step
+            last = out / "checkpoints" / "last.ckpt" if saved is not None else None
+            interrupted = RunInterrupted(signum, saved, last)
+            status.failed(interrupted)
+            finish_wandb(failed=True)
+            raise interrupted from exc
         status.failed(exc)
         finish_wandb(failed=True)
         raise
+    finally:
+        if installed:
+            STOP.restore()
+        STOP.reset()
     status.finished()
     finish_wandb(failed=False)
     return summary
@@ -119,20 +137,35 @@ def _train(cfg: DictConfig, out: Path, extra_callbacks: list[L.Callback] | None)
     config = OmegaConf.to_container(cfg, resolve=True)
 
     ckpt = None
+    resume_callbacks: list[L.Callback] = []
     if cfg.ckpt_path:
         ckpt = read_checkpoint(cfg.ckpt_path)
         check_compatible(ckpt, config, cfg.ckpt_path)
+        step = int(ckpt.get("global_step") or 0)
+        if step >= cfg.trainer.max_steps:
+            raise ConfigError(
+                f"ckpt_path={cfg.ckpt_path!r} is already at step {step}, trainer.max_steps={cfg.trainer.max_steps}: "
+                f"nothing to train; resume with trainer.max_steps above {step} to continue"
+            )
+        resume_callbacks = ResumeOptim.for_resume(ckpt["hyper_parameters"]["config"], config)
 
     datamodule = build(cfg.data, "data")
     module = build_module(cfg, config)
-    callbacks = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
-    callbacks += [FinalCheckpoint(out / "checkpoints" / "last.ckpt"), *(extra_callbacks or [])]
+    # The final checkpoint comes first: it is saved before the end-of-run callbacks that can fail or take long.
+    callbacks: list[L.Callback] = [FinalCheckpoint(out / "checkpoints" / "last.ckpt")]
+    callbacks += [
+        build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None
+    ]
+    callbacks += [*resume_callbacks, *(extra_callbacks or [])]
     loggers = [
         build(lg, f"logger.{k}", **_logger_extras(lg, config, ckpt))
         for k, lg in (cfg.get("logger") or {}).items()
         if lg is not None
     ]
-    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    # Every checkpoint save (ModelCheckpoint, FinalCheckpoint) writes beside its target and renames it over it.
+    trainer: L.Trainer = build(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:
@@ -145,7 +178,13 @@ def _train(cfg: DictConfig, out: Path, extra_callbacks: list[L.Callback] | None)
         sum(p.numel() for p in module.parameters() if p.requires_grad),
     )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    STOP.defer = True  # from here a first signal only asks FinalCheckpoint to save and stop after this step
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    finally:
+        STOP.defer = False
+    if STOP.signum is not None:  # a signal came after training ended (the final checkpoint is saved)
+        raise RunInterrupted(STOP.signum, trainer.global_step, out / "checkpoints" / "last.ckpt")
     if trainer.interrupted:
         log.warning("training was interrupted at step %d", trainer.global_step)
 

@@ -1,0 +1,243 @@
+"""Checkpoints are data: loading one never calls what its config names, never resolves ``${...}`` in it, and
+saving one never destroys the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from conftest import CONF, PERCEPTIONS, make_cfg
+from omegaconf import OmegaConf
+
+from ncalab.checkpoint import check_compatible, load_nca, read_checkpoint
+from ncalab.errors import CheckpointError
+from ncalab.nca import NCA
+from ncalab.perception import FixedPerception, ScaledPerception, TrainablePerception
+from ncalab.train import run
+
+
+def run_config(tmp_path: Path, *overrides: str) -> dict:
+    return OmegaConf.to_container(make_cfg(tmp_path / "run", "experiment=smoke", *overrides), resolve=True)
+
+
+def build(config: dict) -> NCA:
+    """What training builds from a trusted (composed) config."""
+    classes = {"FixedPerception": FixedPerception, "TrainablePerception": TrainablePerception}
+    classes["ScaledPerception"] = ScaledPerception
+    node = dict(config["perception"])
+    cls = classes[node.pop("_target_").rsplit(".", 1)[1]]
+    return NCA(cls(**node), **config["model"])
+
+
+def save(config: dict, path: Path, nca: NCA | None = None) -> Path:
+    """The parts of a Lightning checkpoint that ``load_nca`` reads."""
+    nca = nca or build_default()
+    state = {f"nca.{k}": v for k, v in nca.state_dict().items()}
+    torch.save({"hyper_parameters": {"config": config}, "state_dict": state, "global_step": 0}, path)
+    return path
+
+
+def build_default() -> NCA:
+    return NCA(FixedPerception(16, "sobel3", name="sobel3"), hidden=32)
+
+
+def test_every_configured_perception_class_is_known():
+    from ncalab.checkpoint import PERCEPTION_CLASSES
+
+    targets = {
+        yaml.safe_load(p.read_text())["perception"]["_target_"] for p in (CONF / "perception").glob("*.yaml")
+    }
+    assert targets <= set(PERCEPTION_CLASSES)
+
+
+@pytest.mark.parametrize("perception", PERCEPTIONS)
+def test_checkpoints_of_every_perception_rebuild(tmp_path, perception):
+    config = run_config(tmp_path, f"perception={perception}")
+    torch.manual_seed(0)
+    nca = build(config)
+    with torch.no_grad():
+        for p in nca.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    loaded, saved = load_nca(save(config, tmp_path / "m.ckpt", nca))
+    assert saved["perception"]["name"] == perception
+    assert type(loaded.perception) is type(nca.perception)
+    for key, value in nca.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def _exec_marker(marker: Path) -> dict:
+    return {"_target_": "builtins.exec", "_args_": [f"open({str(marker)!r}, 'w').write('ran')"]}
+
+
+def test_a_checkpoint_naming_another_callable_runs_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    config = run_config(tmp_path)
+    config["perception"] = _exec_marker(marker)
+    path = save(config, tmp_path / "evil.ckpt")
+    read_checkpoint(path)  # passes weights_only=True: it is only data
+    with pytest.raises(CheckpointError, match="not an ncalab perception"):
+        load_nca(path)
+    assert not marker.exists()
+
+
+def test_a_nested_target_in_a_known_perception_runs_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    config = run_config(tmp_path)
+    config["perception"]["name"] = _exec_marker(marker)
+    path = save(config, tmp_path / "nested.ckpt")
+    with pytest.raises(CheckpointError, match="perception.name"):
+        load_nca(path)
+    assert not marker.exists()
+    config["perception"]["name"] = "sobel3"
+    config["perception"]["_recursive_"] = True
+    with pytest.raises(CheckpointError, match="_recursive_"):
+        load_nca(save(config, tmp_path / "hydra_key.ckpt"))
+
+
+def test_interpolations_in_a_saved_config_are_refused_not_resolved(tmp_path, monkeypatch):
+    from ncalab.demo import export_checkpoint
+
+    monkeypatch.setenv("NCALAB_TEST_SECRET", "s3cr3t-value")
+    config = run_config(tmp_path)
+    config["perception"]["name"] = "${oc.env:NCALAB_TEST_SECRET}"
+    path = save(config, tmp_path / "interp.ckpt")
+    with pytest.raises(CheckpointError, match="interpolation"):
+        load_nca(path)
+    site = tmp_path / "site"
+    with pytest.raises(CheckpointError):
+        export_checkpoint(path, site)
+    written = [p.read_bytes() for p in site.rglob("*") if p.is_file()] if site.exists() else []
+    assert not any(b"s3cr3t-value" in b for b in written)
+
+    # anywhere in the config, not only in the perception
+    config = run_config(tmp_path)
+    config["data"]["target"] = "${oc.env:NCALAB_TEST_SECRET}"
+    with pytest.raises(CheckpointError, match=r"data\.target"):
+        load_nca(save(config, tmp_path / "interp2.ckpt"))
+    # and the compatibility check reads the saved values as they are
+    ckpt = {"hyper_parameters": {"config": {**run_config(tmp_path), "model": {"channels": "${oc.env:X}"}}}}
+    with pytest.raises(CheckpointError, match=r"\$\{oc.env:X\}"):
+        check_compatible(ckpt, run_config(tmp_path), "x.ckpt")
+
+
+def test_unknown_model_keys_are_refused(tmp_path):
+    config = run_config(tmp_path)
+    config["model"]["perception"] = {"_target_": "builtins.print"}
+    with pytest.raises(CheckpointError, match="model.perception"):
+        load_nca(save(config, tmp_path / "model.ckpt"))
+
+
+def test_a_load_failure_keeps_torchs_warning(tmp_path):
+    path = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "path": Path("x")}, path)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert "weights_only" in message and "arbitrary code execution" in message
+    assert "\n" not in message and "\x1b" not in message
+
+
+def test_data_mode_is_part_of_the_compatibility_check(tmp_path):
+    saved = run_config(tmp_path, "data.mode=growing")
+    with pytest.raises(CheckpointError, match=r"data\.mode: checkpoint has growing"):
+        check_compatible({"hyper_parameters": {"config": saved}}, run_config(tmp_path), "x.ckpt")
+    # a checkpoint written before data.mode existed was trained in the regenerating mode
+    legacy = json.loads(json.dumps(saved))
+    del legacy["data"]["mode"]
+    check_compatible({"hyper_parameters": {"config": legacy}}, run_config(tmp_path), "x.ckpt")
+
+
+# --- saving -------------------------------------------------------------------------------------------------
+
+
+def _unreachable_tmpdir(monkeypatch, tmp_path: Path) -> None:
+    """``$TMPDIR`` that cannot take a file (missing, as on a node whose scratch is gone, or full)."""
+    import tempfile
+
+    import wandb.data_types  # noqa: F401 - makes its own temporary folder on import: not what this tests
+
+    missing = tmp_path / "no-such-tmpdir"
+    monkeypatch.setenv("TMPDIR", str(missing))
+    monkeypatch.setattr(tempfile, "tempdir", str(missing))
+
+
+def test_saves_work_when_tmpdir_is_unusable(smoke_cfg, tmp_path, monkeypatch):
+    _unreachable_tmpdir(monkeypatch, tmp_path)
+    run(smoke_cfg())
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == 4
+    assert not [p for p in last.parent.iterdir() if p.name != "last.ckpt"]
+
+
+class FailSavesAfter(L.Callback):
+    """From optimiser step ``step`` on, every save breaks half way: ``torch.save`` writes a few bytes and
+    raises, and a copy (what a move across filesystems does) empties its destination and raises, as a kill
+    during either would leave things."""
+
+    def __init__(self, step: int, monkeypatch):
+        self.step, self.monkeypatch, self.armed = step, monkeypatch, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step < self.step or self.armed:
+            return
+        self.armed = True
+        import errno
+        import io
+        import os
+        import shutil
+
+        real_save = torch.save
+
+        def partial_save(obj, f, *args, **kwargs):
+            if hasattr(f, "write") and not isinstance(f, io.BytesIO):  # into a file, not into memory
+                f.write(b"PK\x03\x04 half a checkpoint")
+                raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+            return real_save(obj, f, *args, **kwargs)
+
+        def cross_device_rename(src, dst, *args, **kwargs):
+            raise OSError(errno.EXDEV, "Invalid cross-device link (simulated)")
+
+        def killed_copy(src, dst, *args, **kwargs):
+            open(dst, "wb").close()  # copyfile opens the destination for writing first
+            raise KeyboardInterrupt("killed during the copy (simulated)")
+
+        self.monkeypatch.setattr(torch, "save", partial_save)
+        self.monkeypatch.setattr(os, "rename", cross_device_rename)
+        self.monkeypatch.setattr(shutil, "copyfile", killed_copy)
+
+
+def test_a_save_that_breaks_half_way_keeps_the_last_good_checkpoint(smoke_cfg, tmp_path, monkeypatch):
+    with pytest.raises(BaseException):  # noqa: B017 - whichever way the save broke, the run fails
+        run(smoke_cfg("trainer.max_steps=6"), [FailSavesAfter(3, monkeypatch)])
+    monkeypatch.undo()
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert last.stat().st_size > 0
+    assert read_checkpoint(last)["global_step"] == 2  # the save at step 2, the last one that completed
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_the_next_save_removes_temp_files_of_killed_saves(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from ncalab.checkpoint import TEMP_MARK, atomic_torch_save
+
+    target = tmp_path / "last.ckpt"
+    host = socket.gethostname().replace("-", "_")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".last.ckpt{TEMP_MARK}{host}-{int(dead.stdout)}-0000"
+    live = tmp_path / f".last.ckpt{TEMP_MARK}{host}-{os.getppid()}-1111"  # a live process still writing
+    other = tmp_path / ".other.ckpt.tmp"  # not ours: left alone
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    atomic_torch_save({"x": torch.ones(3)}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["x"], torch.ones(3))
+    assert not stale.exists() and live.exists() and other.exists()

@@ -1,0 +1,121 @@
+"""Stops keep the work and say so: Ctrl+C and SIGTERM save last.ckpt, record "interrupted" with the signal and
+exit non-zero (128 + the signal); an end-of-run callback that fails comes after the final checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from ncalab.checkpoint import read_checkpoint
+from ncalab.train import run
+
+
+def start_long_run(run_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "train.py",
+            "experiment=smoke",
+            "trainer.max_steps=100000",  # far more than the test waits for
+            "callbacks.checkpoint.every_n_train_steps=100000",  # no periodic save: only the stop saves
+            "callbacks.media.every_n_steps=2",  # media/pool_step000004.png shows the run is at step 4
+            "logger=csv",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before {path.name}: {proc.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no {path} after {timeout} s")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_run_saves_records_and_exits_non_zero(tmp_path, sig, code):
+    proc = start_long_run(tmp_path)
+    try:
+        wait_for(tmp_path / "media" / "pool_step000004.png", proc)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, stderr[-2000:]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == sig.name, status
+    assert status["exit_code"] == code
+    assert sig.name in status["error"]
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")  # saved although no periodic save was due
+    assert ckpt["global_step"] >= 4 and ckpt["global_step"] == status["step"]
+    assert f"interrupted by {sig.name}" in stderr
+    assert not (tmp_path / "evaluation.json").exists()  # no end-of-run evaluation on the way out
+    # the saved state resumes
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]
+
+
+def test_a_failing_end_of_run_callback_comes_after_the_final_checkpoint(smoke_cfg, tmp_path, monkeypatch):
+    import ncalab.callbacks
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(ncalab.callbacks, "measure_nca", broken)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        run(smoke_cfg("callbacks.checkpoint.every_n_train_steps=1000"))
+    out = tmp_path / "run"
+    assert read_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 4
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "failed" and "evaluation broke" in status["error"]
+
+
+@pytest.mark.parametrize("hook, saved_step", [("on_train_batch_start", 4), ("on_train_batch_end", 3)])
+def test_a_signal_in_process_stops_after_the_step_with_a_checkpoint(smoke_cfg, tmp_path, hook, saved_step):
+    """The same through ``run()``: SIGTERM during step 3 (while it runs, or after the checkpoint callback's
+    check at its end, where Lightning stops the run itself) ends the run after the step under way."""
+    import lightning as L
+
+    from ncalab.callbacks import RunInterrupted
+
+    class Terminate(L.Callback):
+        def __init__(self):
+            self.sent = False
+
+        def send(self, trainer):
+            if trainer.global_step == 3 and not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    terminate = Terminate()
+    setattr(terminate, hook, lambda trainer, *args: terminate.send(trainer))
+    with pytest.raises(RunInterrupted) as err:
+        run(smoke_cfg("trainer.max_steps=50", "callbacks.checkpoint.every_n_train_steps=1000"), [terminate])
+    assert err.value.exit_code == 143 and err.value.step == saved_step
+    out = tmp_path / "run"
+    assert read_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == saved_step
+    status = json.loads((out / "status.json").read_text())
+    assert (
+        status["status"] == "interrupted" and status["signal"] == "SIGTERM" and status["step"] == saved_step
+    )
+    assert not (out / "evaluation.json").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers are put back

@@ -1,0 +1,127 @@
+"""W&B's mode in ``auto``: online when wandb itself has credentials (where ``wandb login`` keeps them), offline
+without; with credentials but no network (a compute node) a bounded wait, then offline with one message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from ncalab.loggers import has_wandb_credentials, resolve_mode, wandb_logger
+
+KEY = "k" * 40
+
+
+@pytest.fixture
+def home(monkeypatch, tmp_path) -> Path:
+    """An empty home: no .netrc, no wandb settings, no key in the environment, no WANDB_MODE."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in (
+        "WANDB_MODE",
+        "WANDB_API_KEY",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "WANDB_BASE_URL",
+        "WANDB_CONFIG_DIR",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("NETRC", raising=False)
+    return home
+
+
+def wandb_host() -> str:
+    import wandb
+
+    return urlsplit(wandb.Settings().base_url).netloc
+
+
+def write_netrc(home: Path, host: str) -> None:
+    netrc = home / ".netrc"
+    netrc.write_text(f"machine {host}\n  login user\n  password {KEY}\n")
+    netrc.chmod(0o600)
+
+
+def test_no_credentials_means_offline(home):
+    assert not has_wandb_credentials()
+    assert resolve_mode("auto") == "offline"
+
+
+def test_a_wandb_login_under_wandbs_own_host_is_found(home):
+    write_netrc(home, wandb_host())  # what `wandb login` writes with the pinned wandb
+    assert has_wandb_credentials()
+    assert resolve_mode("auto") == "online"
+
+
+def test_a_key_in_wandbs_settings_file_is_found(home):
+    settings = home / ".config" / "wandb" / "settings"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(f"[default]\napi_key = {KEY}\n")
+    assert has_wandb_credentials()
+    assert resolve_mode("auto") == "online"
+
+
+def test_a_login_for_another_host_is_not_wandbs(home):
+    write_netrc(home, "example.invalid")
+    assert resolve_mode("auto") == "offline"
+
+
+def test_explicit_modes_are_not_touched(home, tmp_path):
+    write_netrc(home, wandb_host())
+    logger = wandb_logger(save_dir=str(tmp_path / "run"), mode="online")
+    assert logger._fallback_offline is False and "settings" not in logger._wandb_init
+    auto = wandb_logger(save_dir=str(tmp_path / "run"), mode="auto", init_timeout=3)
+    assert auto._fallback_offline is True and auto._wandb_init["settings"].init_timeout == 3
+
+
+# Run in a fresh interpreter: wandb keeps process-wide state, and this one must start from the temporary home.
+COMPUTE_NODE = textwrap.dedent(
+    """
+    import json, logging, sys, time
+    import wandb
+    from ncalab.loggers import wandb_logger
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("ncalab").addHandler(handler)
+    logging.getLogger("ncalab").setLevel(logging.INFO)
+
+    start = time.monotonic()
+    logger = wandb_logger(save_dir=sys.argv[1], mode="auto", init_timeout=1)
+    run = logger.experiment
+    elapsed = time.monotonic() - start
+    offline = bool(run.settings._offline)
+    wandb.finish()
+    print("RESULT " + json.dumps({"elapsed": elapsed, "offline": offline, "messages": records}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_with_credentials_but_no_network_auto_mode_goes_offline_quickly(home, tmp_path):
+    """This machine cannot reach the W&B server, as on a compute node."""
+    write_netrc(home, wandb_host())
+    save_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_INIT_TIMEOUT"}
+    result = subprocess.run(
+        [sys.executable, "-c", COMPUTE_NODE, str(save_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    out = json.loads(line.removeprefix("RESULT "))
+    assert out["offline"] is True
+    assert out["elapsed"] < 30  # not wandb's 90 s default, nor the failure of the run
+    fallbacks = [m for m in out["messages"] if "could not be reached" in m]
+    assert len(fallbacks) == 1 and "wandb sync" in fallbacks[0]
+    assert list((save_dir / "wandb").glob("offline-run-*"))
