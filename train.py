@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+import ncalab.rundirs  # noqa: F401 - registers ${ncalab.fresh_dir:...} (conf/hydra/default.yaml) before Hydra reads it
 from ncalab.errors import NCALabError
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -22,6 +23,7 @@ from PIL import Image
 
 from ncalab.evaluate import LONG_RUN_STEPS, measure_nca, parse_steps
 from ncalab.media import cut_region, eval_mode, frames_uint8, pool_grid, record_rollout, write_video
+from ncalab.rundirs import HEARTBEAT_S, this_host
 
 log = logging.getLogger("ncalab")
 
@@ -37,37 +39,86 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarra
 
 class RunStatus:
     """``status.json`` in the run directory: running, finished, failed (with the error) or interrupted (with the
-    signal), for sweeps and reports."""
+    signal), for sweeps and reports.
 
-    def __init__(self, output_dir: str | Path, overrides: list[str] | None = None, write: bool = True):
+    While the run lives it also says where (``pid``, ``host``) and when it was last seen (``heartbeat``,
+    refreshed every ``heartbeat_s`` seconds by a background thread), so that a run killed without a chance to
+    record its end (SIGKILL, out of memory, a node lost) is recognisable as such (:func:`ncalab.rundirs.gone_reason`).
+    Every write replaces the file whole (written beside it, then renamed), so a reader never sees half of it."""
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        overrides: list[str] | None = None,
+        write: bool = True,
+        heartbeat_s: float = HEARTBEAT_S,
+    ):
         self.path = Path(output_dir) / "status.json"
         self.write = write
-        self.state = {"status": "running", "overrides": overrides or [], "started": _now(), "ended": None}
+        self.state = {
+            "status": "running",
+            "overrides": overrides or [],
+            "started": _now(),
+            "ended": None,
+            "pid": os.getpid(),
+            "host": this_host(),
+            "heartbeat": _now(),
+        }
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._write()
+        self._beat = None
+        if write and heartbeat_s > 0:
+            self._beat = threading.Thread(
+                target=self._heartbeat, args=(heartbeat_s,), name="ncalab-status-heartbeat", daemon=True
+            )
+            self._beat.start()
+
+    def _heartbeat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with self._lock:
+                if self.state["status"] != "running":
+                    return
+                self.state["heartbeat"] = _now()
+                try:
+                    self._write_unlocked()
+                except OSError:  # a full disk must not end the run; the next beat tries again
+                    log.debug("could not refresh %s", self.path, exc_info=True)
+
+    def _end(self, **state) -> None:
+        self._stop.set()
+        with self._lock:
+            self.state.update(ended=_now(), heartbeat=_now(), **state)
+            self._write_unlocked()
+        if self._beat is not None and self._beat is not threading.current_thread():
+            self._beat.join(timeout=5)
 
     def finished(self) -> None:
-        self.state.update(status="finished", ended=_now())
-        self._write()
+        self._end(status="finished")
 
     def failed(self, exc: BaseException) -> None:
         signum = interrupt_signal(exc)
         if signum is not None:
             name = signal.Signals(signum).name
-            self.state.update(status="interrupted", ended=_now(), signal=name, exit_code=128 + signum)
-            self.state["error"] = (
-                str(exc) if isinstance(exc, RunInterrupted) else f"{name}: {type(exc).__name__}"
-            )
+            state = dict(status="interrupted", signal=name, exit_code=128 + signum)
+            state["error"] = str(exc) if isinstance(exc, RunInterrupted) else f"{name}: {type(exc).__name__}"
             if isinstance(exc, RunInterrupted) and exc.step is not None:
-                self.state.update(step=exc.step, checkpoint=exc.checkpoint)
+                state.update(step=exc.step, checkpoint=exc.checkpoint)
         else:
-            self.state.update(status="failed", ended=_now(), error=f"{type(exc).__name__}: {exc}")
-        self._write()
+            state = dict(status="failed", error=f"{type(exc).__name__}: {exc}")
+        self._end(**state)
 
     def _write(self) -> None:
+        with self._lock:
+            self._write_unlocked()
+
+    def _write_unlocked(self) -> None:
         if not self.write:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.state, indent=2) + "\n")
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps(self.state, indent=2) + "\n")
+        os.replace(temp, self.path)
 
 
 def _now() -> str:
@@ -305,11 +356,17 @@ class RunEvaluation(L.Callback):
         scale: int = 4,
     ):
         super().__init__()
-        if horizon < 0 or rollouts < 1 or grow_steps < 0 or regrow_steps < 1 or scale < 1:
-            raise ValueError(
-                f"need horizon >= 0, rollouts >= 1, grow_steps >= 0, regrow_steps >= 1, scale >= 1; got "
-                f"{horizon}, {rollouts}, {grow_steps}, {regrow_steps}, {scale}"
-            )
+        _check_ints(
+            dict(
+                horizon=horizon,
+                rollouts=rollouts,
+                grow_steps=grow_steps,
+                regrow_steps=regrow_steps,
+                scale=scale,
+            ),
+            dict(horizon=0, rollouts=1, grow_steps=0, regrow_steps=1, scale=1),
+        )
+        _check_ints(dict(seed=seed), dict(seed=0))
         try:
             steps = parse_steps(list(long_run_steps))
         except (TypeError, ValueError) as exc:
@@ -386,6 +443,15 @@ class RunEvaluation(L.Callback):
                 run.summary.update({k: v for k, v in numbers.items() if k.startswith("eval/")})
 
 
+def _check_ints(values: dict[str, object], minimums: dict[str, int]) -> None:
+    """Refuse, naming the key, a value that is not a whole number or below its minimum: a callback's settings are
+    checked when the run is built, not when they are first used (mid-run, or at the end)."""
+    for key, value in values.items():
+        low = minimums[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{key}={value!r} is not valid; expected an integer >= {low}")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -411,6 +477,20 @@ class RolloutMedia(L.Callback):
         super().__init__()
         if format not in ("mp4", "gif"):
             raise ValueError(f"callbacks.media.format={format!r}; accepted: mp4, gif")
+        _check_ints(
+            dict(
+                every_n_steps=every_n_steps,
+                growth_steps=growth_steps,
+                regrow_steps=regrow_steps,
+                frame_every=frame_every,
+                fps=fps,
+                scale=scale,
+                pool_samples=pool_samples,
+            ),
+            dict(
+                every_n_steps=0, growth_steps=1, regrow_steps=0, frame_every=1, fps=1, scale=1, pool_samples=1
+            ),
+        )
         self.dir = Path(output_dir) / "media"
         self.every_n_steps = every_n_steps
         self.growth_steps = growth_steps

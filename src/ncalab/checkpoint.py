@@ -98,6 +98,32 @@ def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: str | P
         )
 
 
+def check_weights(ckpt: dict[str, Any], expected: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Raise :class:`CheckpointError` when the checkpoint's weights do not fit the model this run built (a key
+    missing or unknown, a tensor of another shape): said before training starts, in one message, rather than as
+    PyTorch's error from deep inside Lightning's restore."""
+    saved = ckpt.get("state_dict")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"ckpt_path={str(path)!r} has no weights (state_dict)")
+    problems = []
+    missing = sorted(set(expected) - set(saved))
+    unknown = sorted(set(saved) - set(expected))
+    if missing:
+        problems.append(f"missing {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
+    if unknown:
+        problems.append(f"unknown {', '.join(map(str, unknown[:4]))}{', ...' if len(unknown) > 4 else ''}")
+    for key, tensor in expected.items():
+        value = saved.get(key)
+        if key in saved and (not isinstance(value, torch.Tensor) or value.shape != tensor.shape):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            problems.append(f"{key} is {shape} where this run's model has {tuple(tensor.shape)}")
+    if problems:
+        raise CheckpointError(
+            f"ckpt_path={str(path)!r}: its weights do not fit this run's model ({'; '.join(problems[:6])}); "
+            "the file was altered or written by another version of the model"
+        )
+
+
 def _check_plain(value: Any, where: str, path: str | Path) -> None:
     """Refuse anything in a checkpoint's config that is not plain data, and any interpolation (``${...}``):
     ncalab saves resolved configs, and a value read from a checkpoint is never resolved."""

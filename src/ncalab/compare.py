@@ -9,6 +9,7 @@ plain-text table.
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import csv
 import html
@@ -22,6 +23,8 @@ from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
+
+from ncalab.rundirs import gone_reason
 
 MAX_EMBED_BYTES = 20 * 1024 * 1024
 MAX_CURVE_POINTS = 1000
@@ -142,28 +145,59 @@ def collect_runs(sweep_dir: str | Path) -> list[RunRecord]:
         if d.is_dir() and (d.name.isdigit() or (d / ".hydra").is_dir() or (d / "status.json").is_file())
     ]
     jobs.sort(key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, d.name))
-    return [read_run(d) for d in jobs]
+    return [_read_run_or_mark(d) for d in jobs]
+
+
+def _read_run_or_mark(job: Path) -> RunRecord:
+    """:func:`read_run`, or, when the directory cannot be read at all, a row that says so (one bad run never
+    stops the report of the others)."""
+    try:
+        return read_run(job)
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged or half-deleted run dir holds
+        return RunRecord(
+            job=job.name,
+            path=job,
+            overrides=[],
+            status="unfinished",
+            error=f"could not read this run ({type(exc).__name__}: {exc})",
+        )
 
 
 def read_run(job_dir: str | Path) -> RunRecord:
     job = Path(job_dir)
-    status_file = _read_json(job / "status.json")
-    summary = _read_json(job / "summary.json")
+    problems: list[str] = []
+    status_file = _read_json(job / "status.json", problems)
+    summary = _read_json(job / "summary.json", problems)
+    if summary is not None and not isinstance(summary, dict):
+        problems.append("summary.json is not a JSON object")
     summary = summary if isinstance(summary, dict) else {}
+    error = None
     if isinstance(status_file, dict) and status_file.get("status") in STATUS_ORDER:
         status = status_file["status"]
         error = status_file.get("error")
+        gone = gone_reason(status_file)
+        if gone:  # killed without recording an end: it will never finish
+            status, error = "unfinished", gone
     else:
         status = "finished" if summary else "unfinished"
-        error = None
 
     overrides = _read_overrides(job / ".hydra" / "overrides.yaml")
     if overrides is None and isinstance(status_file, dict):
         overrides = status_file.get("overrides")
-    overrides = [str(o) for o in overrides or [] if not _override_key(str(o)).startswith("hydra.")]
+    if not isinstance(overrides, list):
+        overrides = []
+    overrides = [str(o) for o in overrides if not _override_key(str(o)).startswith("hydra.")]
 
     videos, other_videos = _pick_videos(job)
-    curve = read_loss_curve(job)
+    curve = read_loss_curve(job, problems=problems)
+    evaluation = _read_json(job / "evaluation.json", problems)
+    try:
+        derived = derive_metrics(evaluation, curve, summary)
+    except Exception as exc:  # noqa: BLE001 - valid JSON of an unexpected shape
+        problems.append(f"evaluation.json is malformed ({type(exc).__name__}: {exc})")
+        derived = derive_metrics(None, curve, summary)
+    if problems:
+        error = "; ".join([*([str(error)] if error else []), *problems])
     return RunRecord(
         job=job.name,
         path=job,
@@ -175,7 +209,7 @@ def read_run(job_dir: str | Path) -> RunRecord:
         final_png=job / "final.png" if (job / "final.png").is_file() else None,
         videos=videos,
         other_videos=other_videos,
-        derived=derive_metrics(_read_json(job / "evaluation.json"), curve, summary),
+        derived=derived,
     )
 
 
@@ -196,19 +230,27 @@ def derive_metrics(
         out["divergences"] = summary["divergences"]
     if not isinstance(evaluation, dict):
         return out
-    out["ssim"] = evaluation.get("ssim")
-    long_run = evaluation.get("long_run") or {}
-    losses = long_run.get("loss") or {}
+    out["ssim"] = _number(evaluation.get("ssim"))
+    long_run = _mapping(evaluation.get("long_run"), "long_run")
+    losses = _mapping(long_run.get("loss"), "long_run.loss")
     if losses:
         last = max(losses, key=int)
-        out["long_run_loss"] = losses[last]
+        out["long_run_loss"] = _number(losses[last])
         out["long_run_step"] = int(last)
     out["non_finite"] = long_run.get("non_finite")
-    out["holds_steps"] = long_run.get("holds_steps")
-    regen = evaluation.get("regeneration") or {}
+    out["holds_steps"] = _number(long_run.get("holds_steps"))
+    regen = _mapping(evaluation.get("regeneration"), "regeneration")
     out["grown"] = regen.get("grown")
     out["regrown"] = regen.get("regrown") if isinstance(regen.get("regrown"), int) else None
     return out
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is a {type(value).__name__}, not an object")
+    return value
 
 
 def _pick_videos(job: Path) -> tuple[list[Path], int]:
@@ -230,8 +272,13 @@ def _pick_videos(job: Path) -> tuple[list[Path], int]:
     return root_gif + picked, len(found) - len(picked)
 
 
-def read_loss_curve(job_dir: str | Path, column: str = "train/loss") -> list[tuple[int, float]]:
-    """``(step, value)`` from all ``csv/version_N/metrics.csv`` in version order; later versions win a step."""
+def read_loss_curve(
+    job_dir: str | Path, column: str = "train/loss", problems: list[str] | None = None
+) -> list[tuple[int, float]]:
+    """``(step, value)`` from all ``csv/version_N/metrics.csv`` in version order; later versions win a step.
+
+    A file that cannot be read or parsed (not UTF-8, a NUL byte, cut short) is skipped, and said so in
+    ``problems``; the rows read before the fault are kept."""
     versions = []
     for d in (Path(job_dir) / "csv").glob("version_*"):
         suffix = d.name.removeprefix("version_")
@@ -240,13 +287,16 @@ def read_loss_curve(job_dir: str | Path, column: str = "train/loss") -> list[tup
     by_step: dict[int, float] = {}
     for _, path in sorted(versions):
         try:
-            with path.open(newline="") as f:
+            with path.open(newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
                     try:
                         by_step[int(float(row["step"]))] = float(row[column])
                     except (KeyError, TypeError, ValueError):  # blank cells: not logged at this step
                         continue
-        except OSError:
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            if problems is not None:
+                rel = path.relative_to(job_dir) if path.is_relative_to(job_dir) else path
+                problems.append(f"{rel} unreadable ({type(exc).__name__}: {exc})")
             continue
     return sorted(by_step.items())
 
@@ -256,22 +306,33 @@ def read_sweep_overrides(sweep_dir: str | Path) -> list[str]:
     try:
         data = yaml.safe_load((Path(sweep_dir) / "multirun.yaml").read_text())
         task = data["hydra"]["overrides"]["task"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # ValueError: not UTF-8
         return []
     return [str(o) for o in task or [] if not _override_key(str(o)).startswith("hydra.")]
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, problems: list[str] | None = None) -> Any:
+    """The file's JSON, or None when it is absent or unreadable (an unreadable one is noted in ``problems``)."""
     try:
-        return json.loads(path.read_text())  # accepts NaN / Infinity as Python writes them
-    except (OSError, ValueError):  # absent, or cut short by a killed run
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+        if problems is not None:
+            problems.append(f"{path.name} unreadable ({type(exc).__name__})")
+        return None
+    try:
+        return json.loads(text)  # accepts NaN / Infinity as Python writes them
+    except ValueError:
+        if problems is not None:  # cut short by a killed run, or damaged
+            problems.append(f"{path.name} is not valid JSON")
         return None
 
 
 def _read_overrides(path: Path) -> list[Any] | None:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
         return None
     return data if isinstance(data, list) else None
 
@@ -610,10 +671,35 @@ def _gallery(items: list[tuple[RunRecord, Path]], max_embed_bytes: int) -> str:
 
 
 class ReportOnMultirunEnd(Callback):
-    """Hydra callback: write the comparison report when a multirun ends (``conf/hydra/default.yaml``)."""
+    """Hydra callback: write the comparison report when a multirun ends (``conf/hydra/default.yaml``).
+
+    Also when it does not end normally: Hydra re-raises a failed job's error before its end-of-multirun
+    callbacks, and a sweep can be stopped with Ctrl+C. The report is then written as the process exits, with
+    the failed or interrupted jobs shown as such (the sweep still exits non-zero)."""
+
+    def __init__(self) -> None:
+        self._sweep_dir: str | None = None
+        self._written = False
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        try:
+            self._sweep_dir = str(config.hydra.sweep.dir)
+        except Exception:  # noqa: BLE001 - no sweep directory, no report
+            return
+        atexit.register(self._report_at_exit)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self._written = True
         main([str(config.hydra.sweep.dir)])
+
+    def _report_at_exit(self) -> None:
+        if self._written or self._sweep_dir is None or not Path(self._sweep_dir).is_dir():
+            return
+        self._written = True
+        try:
+            main([self._sweep_dir])
+        except Exception as exc:  # noqa: BLE001 - at exit: say it, never hide the sweep's own error
+            print(f"ncalab.compare: no report for {self._sweep_dir}: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,10 +22,18 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, int | float)) and not isinstance(v, bool)
 
 
+MAX_SEED = 2**32 - 1
+# Sections read key by key: a key that is not one of RULES' is a typo (or a setting that does not exist) and
+# would otherwise be ignored silently or fail deep inside the run.
+CHECKED_SECTIONS = ("rollout", "optim", "loss", "grad", "guard")
+# Groups whose every entry is built (instantiated) into a callback or a logger.
+BUILT_GROUPS = ("callbacks", "logger")
+
 # key -> (check, what would be accepted)
 Rule = tuple[Callable[[Any], bool], str]
 RULES: dict[str, Rule] = {
-    "seed": (_is_int, "an integer"),
+    # numpy's generator (seeded with it) takes 0 .. 2**32 - 1
+    "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
     "ckpt_path": (lambda v: v is None or isinstance(v, str), "null or a path to a .ckpt file"),
     "model.channels": (lambda v: _is_int(v) and v >= 4, "an integer >= 4 (RGBA + hidden channels)"),
@@ -74,11 +82,43 @@ RULES: dict[str, Rule] = {
     "guard.snapshot_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }
 
+# Checked when present (the checkpoint callback is Lightning's ModelCheckpoint, which compares before it checks).
+OPTIONAL_RULES: dict[str, Rule] = {
+    "callbacks.checkpoint.every_n_train_steps": (
+        lambda v: v is None or (_is_int(v) and v >= 0),
+        "null or an integer >= 0 (0: no periodic checkpoint)",
+    ),
+    "callbacks.checkpoint.save_top_k": (lambda v: _is_int(v) and v >= -1, "an integer >= -1"),
+}
+
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first key that is missing, of the wrong type or out of range."""
     if "perception" not in cfg or "_target_" not in cfg.perception:
         raise ConfigError("perception: no perception selected; choose one with perception=<name>")
+    for section in CHECKED_SECTIONS:
+        node = cfg.get(section)
+        if isinstance(node, DictConfig):
+            known = sorted(k.split(".", 1)[1] for k in RULES if k.startswith(f"{section}."))
+            for key in node:
+                if key not in known:
+                    raise ConfigError(
+                        f"{section}.{key} is not a setting of {section}; accepted: {', '.join(known)}"
+                    )
+    for group in BUILT_GROUPS:
+        node = cfg.get(group)
+        if node is not None and not isinstance(node, DictConfig):
+            raise ConfigError(f"{group}={node!r} is not valid; expected a mapping of named entries (or null)")
+        for key, entry in (node or {}).items():
+            if entry is not None and not (isinstance(entry, DictConfig) and "_target_" in entry):
+                raise ConfigError(
+                    f"{group}.{key}={OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry!r} "
+                    f"is not valid; expected null (off) or a mapping with a _target_"
+                )
+    for key, (check, accepted) in OPTIONAL_RULES.items():
+        value = OmegaConf.select(cfg, key, default="<missing>", throw_on_missing=False)
+        if value != "<missing>" and not check(value):
+            raise ConfigError(f"{key}={value!r} is not valid; expected {accepted}")
     values = {}
     for key, (check, accepted) in RULES.items():
         value = OmegaConf.select(cfg, key, default="<missing>", throw_on_missing=False)
@@ -110,6 +150,9 @@ def validate(cfg: DictConfig) -> None:
                 f"(data.pool_size={values['data.pool_size']} // trainer.devices={devices} x trainer.num_nodes={nodes}"
                 f" = {shard}); lower data.batch_size or raise data.pool_size"
             )
+    threads = OmegaConf.select(cfg, "threads", default=None)
+    if threads is not None and not (_is_int(threads) and threads >= 1):
+        raise ConfigError(f"threads={threads!r} is not valid; expected null (automatic) or an integer >= 1")
     perception_channels = OmegaConf.select(cfg, "perception.channels")
     if perception_channels != values["model.channels"]:
         raise ConfigError(

@@ -73,13 +73,21 @@ def load_target(target: str, size: int = 40, padding: int = 16, allow_upscale: b
     """Load ``target`` as premultiplied RGBA ``4 x H x W`` in [0, 1].
 
     The image is fitted into ``size`` x ``size`` keeping its aspect ratio (an image without alpha is fully opaque),
-    then padded by ``padding`` empty cells on every side.
+    then padded by ``padding`` empty cells on every side. An image larger than
+    :data:`ncalab.images.MAX_TARGET_PIXELS` is refused from its header, before it is decoded; one without alpha is
+    said so once (it grows as an opaque rectangle).
     """
+    from ncalab.images import check_size, note_opaque
+
     path = resolve_target(target)
     try:
         with Image.open(path) as im:
+            check_size(im, path)  # from the header: Image.open has decoded nothing yet
             im.load()
+            note_opaque(im, path)
             image = _to_rgba(ImageOps.exif_transpose(im))
+    except TargetError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise TargetError(f"data.target={str(path)!r} is not an image Pillow can read ({exc})") from exc
     w, h = image.size

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -444,6 +445,30 @@ def _count_arg(minimum: int):
     return parse
 
 
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
+
+def _seed_arg(text: str) -> int:
+    value = _count_arg(0)(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is above {MAX_SEED}")
+    return value
+
+
+def output_problem(out: Path) -> str | None:
+    """Why the result could not be written to ``out`` (checked before the evaluation runs), or None."""
+    if out.is_dir():
+        return f"--output {out} is a directory; give a file name such as {out / 'evaluation.json'}"
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the folders that do not exist yet are created
+    if not parent.is_dir():
+        return f"cannot write {out}: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write {out}: {parent} is not writable"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ncalab.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -452,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rollouts", type=_count_arg(1), default=4, help="stochastic rollouts averaged for psnr/ssim/loss"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed_arg, default=0, help="seeds the stochastic updates (>= 0)")
     parser.add_argument(
         "--long-run",
         type=_steps_arg,
@@ -472,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the JSON (default: <checkpoint stem>.eval.json beside it, <folder>/evaluation.json)",
     )
     args = parser.parse_args(argv)
+    out = Path(args.output).expanduser() if args.output else default_output(args.path)
+    problem = output_problem(out)
+    if problem:  # before the evaluation, which can take minutes
+        print(f"ncalab.evaluate: error: {problem}", file=sys.stderr)
+        return 2
     try:
         result = evaluate_model(
             args.path,
@@ -486,15 +516,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ncalab.evaluate: error: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=2)
-    out = Path(args.output) if args.output else default_output(args.path)
+    # The result goes to stdout first: a file that cannot be written does not lose it.
+    print(format_evaluation(result), file=sys.stderr)
+    print(text, flush=True)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
     except OSError as exc:
-        print(f"ncalab.evaluate: error: cannot write {out}: {exc}", file=sys.stderr)
+        print(
+            f"ncalab.evaluate: error: cannot write {out} ({exc.strerror or exc}); the result is printed above",
+            file=sys.stderr,
+        )
         return 1
-    print(format_evaluation(result), file=sys.stderr)
-    print(text)
     return 0
 
 

@@ -55,13 +55,29 @@ def has_wandb_credentials() -> bool:
         return False
 
 
+# What wandb itself accepts in $WANDB_MODE.
+WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
+
+
+def _clear_empty_wandb_mode() -> None:
+    """An empty ``WANDB_MODE=`` means unset (the ``auto`` choice), but wandb refuses it with a validation error
+    before the run starts: remove it from this process's environment."""
+    if "WANDB_MODE" in os.environ and not os.environ["WANDB_MODE"].strip():
+        del os.environ["WANDB_MODE"]
+
+
 def resolve_mode(mode: str = "auto") -> str:
     """``auto``: ``$WANDB_MODE`` if set, else online with credentials and offline without."""
     if mode not in MODES:
         raise ValueError(f"logger.wandb.mode={mode!r}; accepted: {', '.join(MODES)}")
+    env = os.environ.get("WANDB_MODE", "").strip()
+    if env and env not in WANDB_ENV_MODES:
+        raise ValueError(
+            f"the environment variable WANDB_MODE={env!r} is not a W&B mode; accepted: "
+            f"{', '.join(WANDB_ENV_MODES)} (or unset it)"
+        )
     if mode != "auto":
         return mode
-    env = os.environ.get("WANDB_MODE", "").strip().lower()
     if env:
         return "offline" if env == "dryrun" else env
     return "online" if has_wandb_credentials() else "offline"
@@ -106,6 +122,7 @@ def wandb_logger(
     logs offline instead, with one message. An explicit ``online`` mode keeps wandb's own behaviour.
     """
     global _told_offline
+    _clear_empty_wandb_mode()
     auto = mode == "auto" and not os.environ.get("WANDB_MODE", "").strip()
     mode = resolve_mode(mode)
     sweep_group, run_name, overrides = _hydra_run_info()

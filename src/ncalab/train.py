@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ncalab.callbacks import STOP, FinalCheckpoint, ResumeOptim, RunInterrupted, RunStatus, interrupt_signal
-from ncalab.checkpoint import AtomicCheckpointIO, check_compatible, read_checkpoint
+from ncalab.checkpoint import AtomicCheckpointIO, check_compatible, check_weights, read_checkpoint
 from ncalab.config import validate
 from ncalab.errors import ConfigError, NCALabError
 from ncalab.guard import DivergenceGuard
 from ncalab.lit_module import NCALitModule
 from ncalab.loggers import finish_wandb
 from ncalab.nca import NCA
+from ncalab.rundirs import run_dir_problem
 
 log = logging.getLogger("ncalab")
 
@@ -34,6 +38,12 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         if isinstance(cause, NCALabError):
             raise cause from None
         raise ConfigError(f"{key}: {cause if cause is not None else exc}") from exc
+
+
+def _built(obj: Any, kind: type, key: str, what: str) -> Any:
+    if not isinstance(obj, kind):
+        raise ConfigError(f"{key} builds a {type(obj).__name__}, not {what}; check its _target_")
+    return obj
 
 
 def build_module(cfg: DictConfig, config: dict[str, Any] | None = None) -> NCALitModule:
@@ -64,13 +74,60 @@ def build_module(cfg: DictConfig, config: dict[str, Any] | None = None) -> NCALi
 
 
 def _guard_output_dir(out: Path, ckpt_path: str | None) -> None:
-    """Never overwrite another run's checkpoint, except when resuming that very checkpoint in place."""
-    last = out / "checkpoints" / "last.ckpt"
-    if last.exists() and not (ckpt_path and Path(ckpt_path).resolve() == last.resolve()):
-        raise ConfigError(
-            f"{out} already holds a run ({last} exists); choose another hydra.run.dir "
-            f"or resume it with ckpt_path={last}"
-        )
+    """Never write into another run's directory (its checkpoint, or a run that finished or is still running),
+    except when resuming that very checkpoint in place; never into a directory that cannot be written.
+
+    Under Hydra, :class:`ncalab.rundirs.RunDirGuard` has checked the same before Hydra wrote ``.hydra/``;
+    this covers programmatic runs. Only rank 0 checks: the other ranks of a DDP run share its directory."""
+    if rank_zero_only.rank != 0:
+        return
+    problem = run_dir_problem(out, ckpt_path)
+    if problem:
+        raise ConfigError(problem)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which cgroups and ``taskset`` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _parallel_jobs() -> tuple[int, str] | None:
+    """How many jobs of this sweep run at once in this machine, when a launcher runs them in parallel here
+    (``hydra/launcher=joblib``: ``hydra.launcher.n_jobs``, -1 = one per core as joblib counts them)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):  # not under Hydra
+        return None
+    if hc.mode != RunMode.MULTIRUN or not str(hc.launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        return None
+    n_jobs = hc.launcher.get("n_jobs", -1)
+    if n_jobs is None:
+        return 1, "hydra/launcher=joblib, n_jobs=null"
+    n_jobs = int(n_jobs)
+    jobs = available_cores() + 1 + n_jobs if n_jobs < 0 else n_jobs
+    return max(1, jobs), f"hydra/launcher=joblib with hydra.launcher.n_jobs={n_jobs}"
+
+
+def torch_threads(threads: int | None) -> tuple[int | None, str]:
+    """The number of torch CPU threads for this run, and why; None keeps torch's own default.
+
+    ``threads`` (the config key) wins; else a job of a parallel sweep on this machine takes its share of the
+    cores (``cores // jobs at once``, at least 1), so that N jobs do not each start a thread per core (OpenMP's
+    spin-waiting then slows every one of them many times over)."""
+    if threads is not None:
+        return int(threads), f"threads={threads}"
+    parallel = _parallel_jobs()
+    if parallel is not None:
+        jobs, why = parallel
+        cores = available_cores()
+        return max(1, cores // jobs), f"{why}: {cores} cores shared by {jobs} jobs"
+    return None, "torch's default"
 
 
 def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
@@ -85,6 +142,7 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
     # SIGINT (Ctrl+C) and SIGTERM (SLURM before a time limit): save last.ckpt, record "interrupted", exit 128+N.
     STOP.reset()
     installed = STOP.install()
+    threads = torch.get_num_threads()  # put back afterwards: a programmatic caller keeps its own setting
     try:
         summary = _train(cfg, out, extra_callbacks)
     except BaseException as exc:
@@ -106,6 +164,7 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
         if installed:
             STOP.restore()
         STOP.reset()
+        torch.set_num_threads(threads)
     status.finished()
     finish_wandb(failed=False)
     return summary
@@ -133,6 +192,10 @@ def _overrides(cfg: DictConfig) -> list[str]:
 
 def _train(cfg: DictConfig, out: Path, extra_callbacks: list[L.Callback] | None) -> dict[str, Any]:
     validate(cfg)
+    threads, why = torch_threads(cfg.get("threads"))
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    log.info("torch threads: %d (%s)", torch.get_num_threads(), why)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     config = OmegaConf.to_container(cfg, resolve=True)
 
@@ -151,14 +214,23 @@ def _train(cfg: DictConfig, out: Path, extra_callbacks: list[L.Callback] | None)
 
     datamodule = build(cfg.data, "data")
     module = build_module(cfg, config)
+    if ckpt is not None:
+        check_weights(ckpt, module.state_dict(), cfg.ckpt_path)
     # The final checkpoint comes first: it is saved before the end-of-run callbacks that can fail or take long.
     callbacks: list[L.Callback] = [FinalCheckpoint(out / "checkpoints" / "last.ckpt")]
     callbacks += [
-        build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None
+        _built(build(c, f"callbacks.{k}"), L.Callback, f"callbacks.{k}", "a Lightning callback")
+        for k, c in (cfg.get("callbacks") or {}).items()
+        if c is not None
     ]
     callbacks += [*resume_callbacks, *(extra_callbacks or [])]
     loggers = [
-        build(lg, f"logger.{k}", **_logger_extras(lg, config, ckpt))
+        _built(
+            build(lg, f"logger.{k}", **_logger_extras(lg, config, ckpt)),
+            Logger,
+            f"logger.{k}",
+            "a Lightning logger",
+        )
         for k, lg in (cfg.get("logger") or {}).items()
         if lg is not None
     ]

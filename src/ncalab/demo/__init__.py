@@ -53,6 +53,7 @@ from ncalab.nca import NCA
 __all__ = [
     "DEFAULT_PRETRAINED",
     "FORMAT",
+    "check_export_folder",
     "INDEX_FORMAT",
     "STATIC_FILES",
     "export_checkpoint",
@@ -171,6 +172,41 @@ def _grid(config: dict[str, Any], grid: tuple[int, int] | None) -> list[int]:
     return [side, side]
 
 
+def written_by_export(folder: Path) -> bool:
+    """Whether ``folder`` holds a page written by an earlier export (its ``models.json`` or ``model.json`` in our
+    format): exporting into it again replaces only what that export wrote."""
+    for name, fmt in (("models.json", INDEX_FORMAT), ("model.json", FORMAT)):
+        try:
+            meta = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and meta.get("format") == fmt:
+            return True
+    return False
+
+
+def check_export_folder(folder: str | Path, force: bool = False) -> Path:
+    """Refuse to export into a folder that holds files of someone else's (an ``index.html``, ``style.css`` or
+    ``model.json`` there would be overwritten): only an empty or new folder, or one an earlier export wrote, unless
+    ``force``."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"{str(folder)!r} is a file, not a folder")
+    if force or not folder.exists() or written_by_export(folder):
+        return folder
+    try:
+        entries = sorted(p.name for p in folder.iterdir())
+    except OSError as exc:
+        raise ExportError(f"cannot read the folder {str(folder)!r} ({exc.strerror or exc})") from exc
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ExportError(
+            f"{str(folder)!r} is not empty ({shown}) and was not written by an export; exporting would overwrite "
+            "files such as index.html, style.css and model.json there. Choose an empty or new folder, or pass --force"
+        )
+    return folder
+
+
 def write_static(folder: str | Path) -> Path:
     """Copy the page (HTML, JS, CSS) into ``folder``."""
     folder = Path(folder)
@@ -188,11 +224,14 @@ def export_model(
     name: str | None = None,
     grid: tuple[int, int] | None = None,
     info: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> Path:
-    """Write the page and ``nca``'s weights into ``folder``; returns the path of ``index.html``."""
-    folder = Path(folder)
+    """Write the page and ``nca``'s weights into ``folder``; returns the path of ``index.html``.
+
+    ``folder`` must be new, empty or written by an earlier export, unless ``force`` (:func:`check_export_folder`)."""
+    folder = check_export_folder(folder, force)
+    tensors = model_tensors(nca)  # fails on a model the page cannot run, before anything is written
     write_static(folder)
-    tensors = model_tensors(nca)
     table, chunks, offset = {}, [], 0
     for key, t in tensors.items():
         flat = t.contiguous().view(-1).numpy().astype("<f4")
@@ -279,13 +318,16 @@ def _checkpoint_info(path: Path) -> dict[str, Any]:
     return {"checkpoint": path.name, "iterations": ckpt.get("global_step")}
 
 
-def export_checkpoint(checkpoint: str | Path, folder: str | Path, name: str | None = None) -> Path:
+def export_checkpoint(
+    checkpoint: str | Path, folder: str | Path, name: str | None = None, force: bool = False
+) -> Path:
     """``python -m ncalab.demo export``: rebuild the model from ``checkpoint`` alone and export it."""
     from ncalab.checkpoint import load_nca
 
+    check_export_folder(folder, force)
     checkpoint = Path(checkpoint).expanduser()
     nca, config = load_nca(checkpoint)
-    return export_model(nca, config, folder, name=name, info=_checkpoint_info(checkpoint))
+    return export_model(nca, config, folder, name=name, info=_checkpoint_info(checkpoint), force=force)
 
 
 def pretrained_dir(name: str = DEFAULT_PRETRAINED) -> Path:
@@ -317,7 +359,9 @@ def _read_model_folder(name: str, source: Path) -> tuple[str, bytes]:
     return text, blob
 
 
-def export_models(folder: str | Path, sources: Mapping[str, str | Path], default: str | None = None) -> Path:
+def export_models(
+    folder: str | Path, sources: Mapping[str, str | Path], default: str | None = None, force: bool = False
+) -> Path:
     """The page offering several exported models: ``sources`` maps a name (shown in the model picker, and the
     folder ``models/<name>/``) to an exported model folder (``model.json`` + ``model.bin``, optionally
     ``target.png`` and ``MODEL_CARD.md``). The page opens on ``default`` (the first one when None)."""
@@ -330,7 +374,7 @@ def export_models(folder: str | Path, sources: Mapping[str, str | Path], default
     default = names[0] if default is None else default
     if default not in sources:
         raise ExportError(f"the default model {default!r} is not among the exported ones: {', '.join(names)}")
-    folder = write_static(folder)
+    folder = write_static(check_export_folder(folder, force))
     for stale in (*MODEL_FILES, *INDEX_FILES):
         (folder / stale).unlink(missing_ok=True)
     entries = []
@@ -356,7 +400,7 @@ def export_models(folder: str | Path, sources: Mapping[str, str | Path], default
 
 
 def export_pretrained(
-    folder: str | Path, default: str | None = None, names: Iterable[str] | None = None
+    folder: str | Path, default: str | None = None, names: Iterable[str] | None = None, force: bool = False
 ) -> Path:
     """The page with the pretrained models shipped with ncalab (all of them unless ``names``), no checkpoint
     needed. It opens on ``default``: :data:`DEFAULT_PRETRAINED` when None (the first shipped model if that one
@@ -371,7 +415,7 @@ def export_pretrained(
     pretrained_dir(default)  # a clear error for an unknown name
     if default not in chosen:
         chosen.insert(0, default)
-    return export_models(folder, {name: pretrained_dir(name) for name in chosen}, default)
+    return export_models(folder, {name: pretrained_dir(name) for name in chosen}, default, force=force)
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

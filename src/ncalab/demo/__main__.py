@@ -23,6 +23,16 @@ from ncalab.demo import (
 from ncalab.errors import NCALabError
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: 0-65535 (0 picks a free one)")
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ncalab.demo",
@@ -46,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("folder", help="where to write index.html, the scripts and the weights")
     export.add_argument("--name", default=None, help="the model's name shown on the page (with a checkpoint)")
     export.add_argument("--pretrained", default=None, help=pretrained_help)
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="export into a folder that holds other files (index.html, style.css, model.json... are overwritten)",
+    )
     serve = sub.add_parser("serve", help="export (or take an exported folder) and serve it on 127.0.0.1")
     serve.add_argument(
         "source",
@@ -53,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="a .ckpt, or a folder written by `export`; default: every pretrained model shipped with ncalab",
     )
-    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
+    serve.add_argument("--port", type=_port, default=8000, help="0 picks a free port (default 8000)")
     serve.add_argument("--pretrained", default=None, help=pretrained_help)
     return parser
 
@@ -63,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export":
             if args.checkpoint is None:
-                index = export_pretrained(args.folder, args.pretrained)
+                index = export_pretrained(args.folder, args.pretrained, force=args.force)
             else:
-                index = export_checkpoint(args.checkpoint, args.folder, name=args.name)
+                index = export_checkpoint(args.checkpoint, args.folder, name=args.name, force=args.force)
             print(
                 f"wrote {index} (serve the folder statically, e.g. python -m ncalab.demo serve {args.folder})"
             )

@@ -1,0 +1,213 @@
+"""Bad input stops with one line naming what is wrong, before any work is done (or, where the work is done, without
+losing it): seeds, unknown settings, callback settings, checkpoints whose weights do not fit, CLI arguments, run
+directories that cannot be written, an empty ``WANDB_MODE``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+import ncalab.evaluate
+from ncalab.checkpoint import read_checkpoint
+from ncalab.demo.__main__ import main as demo_main
+from ncalab.errors import CheckpointError, ConfigError
+from ncalab.train import run
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("seed=-1", r"seed=-1 is not valid; expected an integer in \[0, 4294967295\]"),
+        ("seed=4294967296", r"seed=4294967296 is not valid"),
+        ("+guard.foo=1", r"guard\.foo is not a setting of guard; accepted: action, enabled, "),
+        ("+optim.weight_decay=0.1", r"optim\.weight_decay is not a setting of optim"),
+        (
+            "+callbacks.foo=1",
+            r"callbacks\.foo=1 is not valid; expected null \(off\) or a mapping with a _target_",
+        ),
+        ("+logger.bar=[1]", r"logger\.bar=\[1\] is not valid"),
+        ("+callbacks.x._target_=builtins.dict", r"callbacks\.x builds a dict, not a Lightning callback"),
+        (
+            "callbacks.media.frame_every=0",
+            r"callbacks\.media: frame_every=0 is not valid; expected an integer >= 1",
+        ),
+        ("callbacks.media.fps=0", r"callbacks\.media: fps=0 is not valid"),
+        ("callbacks.media.every_n_steps=-1", r"callbacks\.media: every_n_steps=-1 is not valid"),
+        ("callbacks.media.scale=0", r"callbacks\.media: scale=0 is not valid"),
+        ("callbacks.media.growth_steps=-3", r"callbacks\.media: growth_steps=-3 is not valid"),
+        ("callbacks.media.pool_samples=0", r"callbacks\.media: pool_samples=0 is not valid"),
+        ("callbacks.evaluation.horizon=abc", r"callbacks\.evaluation: horizon='abc' is not valid"),
+        ("callbacks.evaluation.rollouts=1.5", r"callbacks\.evaluation: rollouts=1\.5 is not valid"),
+        ("callbacks.checkpoint.every_n_train_steps=abc", r"callbacks\.checkpoint\.every_n_train_steps='abc'"),
+    ],
+)
+def test_bad_values_stop_the_run_before_training_naming_the_key(smoke_cfg, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        run(smoke_cfg("logger=csv", override))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_train_py_says_it_in_one_line(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    for args in (
+        ["+guard.foo=1", f"hydra.run.dir={tmp_path / 'a'}"],
+        [f"hydra.run.dir={tmp_path / 'f' / 'run'}"],
+    ):
+        (tmp_path / "f").write_text("a file where a folder would go")
+        result = subprocess.run(
+            [sys.executable, "train.py", "experiment=smoke", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        errors = [line for line in result.stderr.splitlines() if "ncalab: error:" in line]
+        assert len(errors) == 1, result.stderr[-2000:]
+
+
+def test_an_unwritable_run_directory_is_refused(smoke_cfg, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"cannot create the run directory"):
+        run(smoke_cfg(out=tmp_path / "file" / "run"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    from conftest import make_cfg
+
+    out = tmp_path_factory.mktemp("one_line") / "run"
+    run(make_cfg(out, "experiment=smoke", "logger=csv", "callbacks.media=null"))
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        ("shape", r"nca\.update\.0\.weight is \(3, 3\) where this run's model has \(32, 48, 1, 1\)"),
+        ("unknown", r"unknown nca\.extra"),
+        ("missing", r"missing nca\.update\.0\.weight"),
+    ],
+)
+def test_a_checkpoint_whose_weights_do_not_fit_is_refused_before_training(
+    smoke_cfg, tmp_path, trained, tamper, message
+):
+    ckpt = read_checkpoint(trained)
+    state = ckpt["state_dict"]
+    if tamper == "shape":
+        state["nca.update.0.weight"] = torch.zeros(3, 3)
+    elif tamper == "unknown":
+        state["nca.extra"] = torch.zeros(1)
+    else:
+        del state["nca.update.0.weight"]
+    path = tmp_path / f"{tamper}.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=message) as err:
+        run(smoke_cfg("logger=csv", f"ckpt_path={path}", "trainer.max_steps=6"))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("port", ["80000", "-1", "http"])
+def test_demo_serve_refuses_a_port_that_is_none(capsys, port):
+    with pytest.raises(SystemExit) as exit_:
+        demo_main(["serve", "--port", port])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--port" in err
+    assert "0-65535" in err or "not a port number" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rollouts", "0"], "--rollouts: 0 is below 1"),
+        (["--regrow-steps", "-1"], "--regrow-steps: -1 is below 1"),
+        (["--seed", "-1"], "--seed: -1 is below 0"),
+        (["--seed", str(2**64)], f"--seed: {2**64} is above"),
+    ],
+)
+def test_evaluate_refuses_bad_counts_before_evaluating(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        ncalab.evaluate.main(["whatever.ckpt", *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+FAKE = {"horizon": 24, "loss": 0.5}
+
+
+@pytest.fixture
+def fake_evaluation(monkeypatch):
+    calls = []
+
+    def evaluate_model(path, **kwargs):
+        calls.append(path)
+        return dict(FAKE)
+
+    monkeypatch.setattr(ncalab.evaluate, "evaluate_model", evaluate_model)
+    monkeypatch.setattr(ncalab.evaluate, "format_evaluation", lambda result: "table")
+    return calls
+
+
+def test_evaluate_output_that_cannot_be_written_is_refused_before_evaluating(
+    tmp_path, capsys, fake_evaluation
+):
+    (tmp_path / "file").write_text("x")
+    assert ncalab.evaluate.main(["m.ckpt", "--output", str(tmp_path / "file" / "out.json")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a directory" in err and len(err.strip().splitlines()) == 1
+    assert fake_evaluation == []  # nothing computed for nothing
+    # a folder that does not exist yet is created
+    assert ncalab.evaluate.main(["m.ckpt", "--output", str(tmp_path / "new" / "deeper" / "out.json")]) == 0
+    assert json.loads((tmp_path / "new" / "deeper" / "out.json").read_text()) == FAKE
+
+
+def test_evaluate_keeps_the_result_when_the_write_fails(tmp_path, capsys, fake_evaluation, monkeypatch):
+    target = tmp_path / "out.json"
+    real = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self == target:
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    assert ncalab.evaluate.main(["m.ckpt", "--output", str(target)]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == FAKE  # the computed result is not lost
+    assert "No space left on device" in captured.err and "printed above" in captured.err
+
+
+@pytest.mark.slow
+def test_an_empty_wandb_mode_means_unset(smoke_cfg, tmp_path, monkeypatch):
+    import wandb
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # no credentials: auto mode goes offline
+    for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_CONFIG_DIR", "NETRC"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "")
+    run(smoke_cfg("callbacks.media=null", "trainer.max_steps=1"))
+    assert wandb.run is None
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "finished"
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_a_wandb_mode_wandb_does_not_know_is_refused_naming_it(smoke_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(
+        ConfigError, match=r"WANDB_MODE='sometimes' is not a W&B mode; accepted: online, offline"
+    ):
+        run(smoke_cfg("logger=wandb"))
