@@ -235,13 +235,25 @@ def test_the_folder_model_is_built_from_its_tensors_alone(smoke_folder, tmp_path
     assert isinstance(nca.perception, StoredPerception) and nca.update_bias is False  # the smoke b2 is zero
 
 
-def test_the_shipped_flower_rebuilds_with_its_bias():
+def test_a_folder_rebuilds_with_a_bias_only_when_it_has_one(tmp_path):
     from ncalab.demo import pretrained_dir
     from ncalab.exported import load_model_folder
 
     nca, meta = load_model_folder(pretrained_dir("flower"))
-    assert nca.update_bias is True and nca.hidden == meta["hidden"]  # its b2 is not zero
+    assert nca.update_bias is False and nca.hidden == meta["hidden"]  # trained without one: b2 is all zeros
     assert nca.perception.kernel_size == 3 and nca.perception.n_ops == 2
+    # The same folder with a non-zero b2 (as models trained before model.update_bias existed) keeps it.
+    folder = tmp_path / "with_bias"
+    folder.mkdir()
+    (folder / "model.json").write_text((pretrained_dir("flower") / "model.json").read_text())
+    blob = np.frombuffer((pretrained_dir("flower") / "model.bin").read_bytes(), dtype="<f4").copy()
+    start = meta["tensors"]["b2"]["offset"]
+    blob[start : start + meta["channels"]] = 0.01
+    (folder / "model.bin").write_bytes(blob.tobytes())
+    nca, _ = load_model_folder(folder)
+    assert nca.update_bias is True and torch.allclose(
+        nca.update[-1].bias, torch.full((meta["channels"],), 0.01)
+    )
 
 
 @pytest.mark.parametrize("damage", ["missing", "no_json", "bad_json", "no_bin", "short_bin"])

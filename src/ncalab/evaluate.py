@@ -52,8 +52,10 @@ __all__ = [
 LONG_RUN_STEPS = (500, 1000, 2000)
 # Persistence: the pattern holds at a check while its loss is at most HOLD_FACTOR x the loss at the horizon.
 HOLD_FACTOR = 2.0
-# Regeneration: a cut is recovered once the loss is back within RECOVERY_FACTOR x the undamaged loss; the cut
-# itself must have raised the loss above that threshold, or there was nothing to recover from.
+# Regeneration: a cut is recovered once the loss is back within RECOVERY_FACTOR x the reference loss: the
+# undamaged pattern's, or the loss at the horizon when that is higher (a model that keeps refining its pattern
+# past the horizon would otherwise have to regrow a cut to better than it grows from the seed: 1.5 x 0.0001).
+# The cut itself must have raised the loss above that threshold, or there was nothing to recover from.
 RECOVERY_FACTOR = 1.5
 # Regeneration needs a grown pattern to cut: the undamaged pattern's PSNR (RGBA composited on white, against the
 # target) must be at least this many dB above an empty grid's, i.e. its squared error at most a tenth of an empty
@@ -183,7 +185,8 @@ def measure_nca(
     - ``long_run``: one rollout from the seed, the loss at each of ``long_run_steps``, ``non_finite``, and
       ``holds_steps`` (the pattern holds while its loss stays within ``hold_factor`` x ``loss``);
     - ``regeneration``: grow ``grow_steps``, cut each region, regrow ``regrow_steps``: the loss then and the steps
-      until the loss is back within ``recovery_factor`` x the undamaged loss (``None`` = never). A cut counts as
+      until the loss is back within ``recovery_factor`` x the undamaged loss, or x the horizon ``loss`` when that
+      is higher (``recovery_threshold``; ``None`` = never). A cut counts as
       ``regrown`` only when a pattern was ``grown`` (see ``GROWN_MIN_GAIN_DB``), the cut raised the loss above
       that threshold (``damaged``) and the loss came back under it and is still under it after ``regrow_steps``;
       ``regeneration.regrown`` counts them.
@@ -261,11 +264,14 @@ def _measure(
     base_psnr = psnr(to_rgb(base), target_rgb)
     grown_min = psnr(to_rgb(torch.zeros_like(target)), target_rgb) + grown_min_gain_db
     is_grown = bool(torch.isfinite(base).all()) and math.isfinite(base_loss) and base_psnr >= grown_min
-    threshold = recovery_factor * base_loss
+    reference = max(base_loss, loss)  # the undamaged pattern, but no stricter than growth from the seed
+    threshold = recovery_factor * reference
     regeneration: dict[str, Any] = {
         "grow_steps": grow_steps,
         "regrow_steps": regrow_steps,
         "recovery_factor": recovery_factor,
+        "recovery_reference_loss": _finite(reference),
+        "recovery_threshold": _finite(threshold),
         "undamaged_loss": _finite(base_loss),
         "undamaged_psnr": base_psnr if not math.isnan(base_psnr) else None,
         "grown_psnr_min": grown_min,
