@@ -22,7 +22,8 @@ def make_nca(
         if trainable
         else FixedPerception(CHANNELS, operators="sobel3")
     )
-    nca = NCA(perception, channels=CHANNELS, hidden=HIDDEN, fire_rate=fire_rate)
+    # With the (optional) last-layer bias: these tests use it as a handle on the update (default: no bias).
+    nca = NCA(perception, channels=CHANNELS, hidden=HIDDEN, fire_rate=fire_rate, update_bias=True)
     if randomise_last:
         nn.init.normal_(nca.update[-1].weight, std=0.1)
         nn.init.normal_(nca.update[-1].bias, std=0.01)
