@@ -15,8 +15,10 @@ from ncalab.train import run
 SHIPPED = names()
 
 
-def test_at_least_two_models_ship():
-    assert {"flower", "flower72"} <= set(SHIPPED)
+def test_the_default_model_ships():
+    from ncalab.demo import DEFAULT_PRETRAINED
+
+    assert DEFAULT_PRETRAINED in SHIPPED
 
 
 @pytest.mark.parametrize("name", SHIPPED)
