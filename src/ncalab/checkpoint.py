@@ -20,6 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from ncalab.errors import CheckpointError
 from ncalab.nca import NCA
 from ncalab.perception import FixedPerception, Perception, ScaledPerception, TrainablePerception
+from ncalab.rundirs import pid_alive
 
 # Settings that decide the shapes and meaning of what a checkpoint holds.
 COMPATIBLE_KEYS = (
@@ -222,16 +223,6 @@ def _temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}{TEMP_MARK}{host}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def remove_stale_temp_files(target: str | Path) -> list[Path]:
     """Remove the temporary files that killed saves of ``target`` left behind (ours only: by name, and not
     those of a process on this host that is still alive)."""
@@ -244,7 +235,7 @@ def remove_stale_temp_files(target: str | Path) -> list[Path]:
             pid = int(owner[1])
         except (IndexError, ValueError):
             continue
-        if owner[0] == host and pid != os.getpid() and _alive(pid):
+        if owner[0] == host and pid != os.getpid() and pid_alive(pid):
             continue  # another live process on this machine is writing it
         try:
             temp.unlink()
