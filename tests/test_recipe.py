@@ -98,3 +98,42 @@ def test_bad_damage_radius_is_refused(smoke_cfg, radius):
 
     with pytest.raises(ConfigError, match=r"data\.damage_radius"):
         build(smoke_cfg(f"data.damage_radius={radius}").data, "data")
+
+
+def test_hole_shapes():
+    """A square hole of half side r covers the disc of radius r and its corners; a mix draws both."""
+    from ncalab.data import circle_damage, hole_damage
+
+    x = torch.ones(64, 1, 41, 41)
+    disc = hole_damage(x, torch.Generator().manual_seed(0), (0.3, 0.3), ("disc",))
+    square = hole_damage(x, torch.Generator().manual_seed(0), (0.3, 0.3), ("square",))
+    # the same centres: every cell the disc removes, the square removes too, and ~4/pi as many in all
+    assert bool(((disc == 0) <= (square == 0)).all())
+    ratio = float((square == 0).sum()) / float((disc == 0).sum())
+    assert 1.15 < ratio < 1.4
+    # one shape draws exactly Distill's discs from the generator (old runs reproduce)
+    assert torch.equal(disc, circle_damage(x, torch.Generator().manual_seed(0), (0.3, 0.3)))
+    # a mix: some samples get a square (cells in the corners outside any same-size disc), some a disc
+    mixed = hole_damage(x, torch.Generator().manual_seed(0), (0.3, 0.3), ("disc", "square"))
+    per_sample = (mixed == 0).flatten(1).sum(1).float()
+    kinds = {round(float(v) / float(per_sample.min()), 1) > 1.1 for v in per_sample}
+    assert kinds == {True, False}
+
+
+def test_damage_shapes_reach_the_batch_and_bad_ones_are_refused(smoke_cfg):
+    from hydra.utils import instantiate
+
+    from ncalab.errors import ConfigError
+    from ncalab.train import build
+
+    dm = instantiate(smoke_cfg("data.damage_shapes=[square]", "data.damage_share=0.5").data)
+    assert dm.damage_shapes == ("square",)
+    dm.pool.states = torch.rand(dm.pool.states.shape) + 0.1
+    _, x = dm.make_batch(dm.sample_indices())
+    for k in (2, 3):  # a square hole: its zero cells form a filled axis-aligned box
+        rows, cols = (x[k] == 0).all(dim=0).nonzero(as_tuple=True)
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert len(rows) > 0 and int(box) == len(rows)
+    for bad in ("[]", "[disc,star]"):
+        with pytest.raises(ConfigError, match=r"data\.damage_shapes.*disc, square"):
+            build(smoke_cfg(f"data.damage_shapes={bad}").data, "data")

@@ -124,13 +124,40 @@ def circle_damage(
     x: torch.Tensor, generator: torch.Generator | None = None, radius: tuple[float, float] = DAMAGE_RADIUS
 ) -> torch.Tensor:
     """Zero a random disc in each sample (Distill: centre in the middle half, radius 0.1-0.4 of half the grid)."""
+    return hole_damage(x, generator, radius, ("disc",))
+
+
+DAMAGE_SHAPES = ("disc", "square")
+
+
+def hole_damage(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    radius: tuple[float, float] = DAMAGE_RADIUS,
+    shapes: tuple[str, ...] = ("disc",),
+) -> torch.Tensor:
+    """Zero a random hole in each sample: its centre uniform in the middle half of the grid, its size (a disc's
+    radius, a square's half side) uniform in ``radius`` (units of half the grid), its shape drawn uniformly from
+    ``shapes`` (``disc``: Distill's; ``square``: an axis-aligned square). With one shape no shape is drawn, so
+    ``("disc",)`` draws exactly Distill's holes from the generator."""
     b, _, h, w = x.shape
     g = dict(generator=generator) if generator is not None else {}
     centre = torch.rand(b, 2, 1, 1, **g) - 0.5
     r = radius[0] + (radius[1] - radius[0]) * torch.rand(b, 1, 1, **g)
     ys = torch.linspace(-1.0, 1.0, h).view(1, h, 1)
     xs = torch.linspace(-1.0, 1.0, w).view(1, 1, w)
-    hole = ((xs - centre[:, 0]) ** 2 + (ys - centre[:, 1]) ** 2) < r**2
+    dx, dy = xs - centre[:, 0], ys - centre[:, 1]
+    holes = {
+        "disc": lambda: (dx**2 + dy**2) < r**2,
+        "square": lambda: (dx.abs() < r) & (dy.abs() < r),
+    }
+    if len(shapes) == 1:
+        hole = holes[shapes[0]]()
+    else:
+        pick = torch.randint(len(shapes), (b, 1, 1), **g)
+        hole = torch.zeros(b, h, w, dtype=torch.bool)
+        for i, shape in enumerate(shapes):
+            hole |= holes[shape]() & (pick == i)
     return x * (~hole).unsqueeze(1).to(x.device, x.dtype)
 
 
@@ -193,9 +220,10 @@ class SamplePool:
         damage_n: int = 0,
         generator: torch.Generator | None = None,
         damage_radius: tuple[float, float] = DAMAGE_RADIUS,
+        damage_shapes: tuple[str, ...] = ("disc",),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """States at ``idx`` sorted by loss (worst first); the worst is replaced by the seed and the
-        ``damage_n`` best get a circular hole (at most :func:`max_damaged`: the reseeded sample and one more are
+        ``damage_n`` best get a hole (:func:`hole_damage`; at most :func:`max_damaged`: the reseeded sample and one more are
         never damaged, so every batch trains the pattern to persist). Returns ``(idx, states)`` in the new order."""
         x = self.states[idx].clone()
         order = per_sample_loss(x, target).argsort(descending=True)
@@ -203,7 +231,7 @@ class SamplePool:
         x[0] = self.seed
         n = min(damage_n, max_damaged(len(idx)))
         if n > 0:
-            x[-n:] = circle_damage(x[-n:], generator, damage_radius)
+            x[-n:] = hole_damage(x[-n:], generator, damage_radius, damage_shapes)
         return idx, x
 
     def write_back(self, idx: torch.Tensor, x: torch.Tensor) -> None:
@@ -252,6 +280,7 @@ class NCADataModule(L.LightningDataModule):
         mode: str = "regenerating",
         damage_share: float = 0.375,
         damage_radius: tuple[float, float] | list[float] = DAMAGE_RADIUS,
+        damage_shapes: tuple[str, ...] | list[str] = ("disc",),
         steps_per_epoch: int = 100,
         seed: int = 0,
     ):
@@ -271,6 +300,13 @@ class NCADataModule(L.LightningDataModule):
                 "(radius of the hole in units of half the grid)"
             )
         self.damage_radius = radius
+        shapes = (damage_shapes,) if isinstance(damage_shapes, str) else tuple(damage_shapes)
+        if not shapes or any(s not in DAMAGE_SHAPES for s in shapes):
+            raise ConfigError(
+                f"data.damage_shapes={list(shapes)!r} must be a non-empty list of {', '.join(DAMAGE_SHAPES)} "
+                "(each damaged sample gets one of them, drawn uniformly)"
+            )
+        self.damage_shapes = shapes
         # Damaged samples per batch; checked for every mode so that a bad value is refused, used when regenerating.
         damaged = damaged_count(damage_share, batch_size)
         self.damage_n = damaged if mode == "regenerating" else 0
@@ -333,7 +369,9 @@ class NCADataModule(L.LightningDataModule):
         if self.mode == "growing":
             x = self.pool.seed.unsqueeze(0).repeat(len(idx), 1, 1, 1)
         else:
-            idx, x = self.pool.batch(idx, self.target, self.damage_n, self.generator, self.damage_radius)
+            idx, x = self.pool.batch(
+                idx, self.target, self.damage_n, self.generator, self.damage_radius, self.damage_shapes
+            )
         return idx, x.to(device)
 
     def write_back(self, idx: torch.Tensor, x: torch.Tensor) -> None:
