@@ -1,15 +1,20 @@
 """`trainer=ddp`: one run on two CPU processes (gloo): pool shards, averaged gradients, one set of artefacts,
-checkpoints with the whole pool, resume with two processes and with one."""
+checkpoints with the whole pool, resume with two processes and with one; the processes end with the run's."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import ROOT, make_cfg
 
 from ncalab.checkpoint import read_checkpoint
 from ncalab.data import NCADataModule, shard_bounds
@@ -184,6 +189,108 @@ def test_resume_a_two_process_checkpoint_with_one_process(ddp_run, tmp_path):
     assert torch.equal(probe.generator, saved["generators"][0])
     resumed = pool_state(read_checkpoint(out / "checkpoints" / "last.ckpt"))
     assert resumed["pool"].shape == (POOL, 16, 20, 20) and resumed["world_size"] == 1
+
+
+# ---------------------------------------------------------------- a killed run process
+
+
+class BusyProbe(L.Callback):
+    """In every DDP process, at the first training batch: write this process's pid to ``<dir>/rank<r>.pid``,
+    then stay busy for ``seconds`` the way a long convolution is busy for Python's signal handling: signals that
+    arrive meanwhile are handled once, afterwards (here SIGINT and SIGTERM are held for that time)."""
+
+    def __init__(self, directory: str, seconds: float):
+        super().__init__()
+        self.directory, self.seconds, self.done = Path(directory), seconds, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.done:
+            return
+        self.done = True
+        temp = self.directory / f".rank{trainer.global_rank}.tmp"
+        temp.write_text(str(os.getpid()))
+        temp.replace(self.directory / f"rank{trainer.global_rank}.pid")
+        held = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            time.sleep(self.seconds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie that nobody reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _files(directory: Path) -> dict[str, tuple[int, int]]:
+    state = {}
+    for path in directory.rglob("*"):
+        try:
+            if path.is_file():
+                st = path.stat()
+                state[str(path.relative_to(directory))] = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:  # renamed away meanwhile
+            continue
+    return state
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_processes_die_with_a_killed_run_and_write_nothing_more(tmp_path):
+    busy = 5.0
+    out, probes = tmp_path / "run", tmp_path / "probes"
+    probes.mkdir()
+    cmd = [
+        sys.executable, "train.py", "experiment=smoke", "trainer=ddp", "trainer.devices=2",
+        "trainer.accelerator=cpu", "trainer.max_steps=50", "threads=1", f"hydra.run.dir={out}",
+        "callbacks.media=null", "callbacks.evaluation=null",
+        "+callbacks.busy._target_=test_ddp.BusyProbe", f"+callbacks.busy.directory={probes}",
+        f"+callbacks.busy.seconds={busy}",
+    ]  # fmt: skip
+    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        parent = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    workers: list[int] = []
+    try:
+        pid_files = [probes / f"rank{r}.pid" for r in range(2)]
+        deadline = time.monotonic() + 240
+        while (
+            not all(f.exists() for f in pid_files) and parent.poll() is None and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert parent.poll() is None, log.read_text()[-3000:]
+        assert all(f.exists() for f in pid_files), "the DDP processes did not reach their first step"
+        workers = [int(f.read_text()) for f in pid_files]
+        assert all(_running(pid) for pid in workers) and parent.pid not in workers
+
+        # Both processes are in their first step; the run's process is killed without a word (SIGKILL, OOM).
+        before = _files(out)
+        parent.kill()
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 2
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        survivors = [pid for pid in workers if _running(pid)]
+        # ... and after their busy step would have ended, nothing in the run directory has changed.
+        time.sleep(busy + 3)
+        after = _files(out)
+        assert not survivors, f"DDP processes {survivors} outlived the killed run process"
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        assert not changed, f"written after the run process was killed: {changed}"
+        assert (out / "config.yaml").exists() and (out / "status.json").exists()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait(timeout=30)
 
 
 # ---------------------------------------------------------------- sharding without processes

@@ -23,8 +23,6 @@ How a step is computed (the fast path, used everywhere: training, tests, bench):
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 from collections.abc import Callable
 
 import torch
@@ -37,29 +35,6 @@ from ncalab.perception import Perception
 ALPHA = 3
 PRECISIONS = ("fp32", "bf16")
 _LOW = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def _keep_heap() -> bool:
-    """Stop glibc from returning large buffers to the OS after every free (and faulting them in again).
-
-    A training step allocates and frees the same large activation buffers thousands of times; by default glibc
-    serves each one from a fresh ``mmap`` and unmaps it on free, so every step pays page faults on zeroed
-    pages (measured 1.5-2x on a 128x128 grid on CPU). Keeping them on the heap makes the process hold on to its
-    peak memory instead. Opt out with ``NCALAB_KEEP_HEAP=0``.
-    """
-    if os.environ.get("NCALAB_KEEP_HEAP", "1") == "0":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl): nothing to do
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    ok = libc.mallopt(m_mmap_max, 0) == 1
-    ok &= libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
-    return bool(ok)
-
-
-HEAP_KEPT = _keep_heap()
 
 
 def alive_mask(x: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from ncalab.allocator import keep_heap
 from ncalab.callbacks import STOP, FinalCheckpoint, ResumeOptim, RunInterrupted, RunStatus, interrupt_signal
 from ncalab.checkpoint import AtomicCheckpointIO, check_compatible, check_weights, read_checkpoint
 from ncalab.config import validate
@@ -24,9 +30,14 @@ from ncalab.guard import DivergenceGuard
 from ncalab.lit_module import NCALitModule
 from ncalab.loggers import finish_wandb
 from ncalab.nca import NCA
-from ncalab.rundirs import run_dir_problem
+from ncalab.rundirs import pid_alive, run_dir_problem
 
 log = logging.getLogger("ncalab")
+
+# Set by a run's process for the DDP ranks that Lightning starts as new scripts (strategy=ddp): its pid.
+RUN_PID_ENV = "NCALAB_RUN_PID"
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+_watching: int | None = None  # the run process this process watches (watch_parent)
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -130,12 +141,82 @@ def torch_threads(threads: int | None) -> tuple[int | None, str]:
     return None, "torch's default"
 
 
+def run_process() -> int:
+    """The pid of the process that runs this run: this one, or, in a DDP rank that Lightning started as a new
+    script (``strategy=ddp``), the rank-0 process that started it."""
+    if rank_zero_only.rank != 0:
+        value = os.environ.get(RUN_PID_ENV, "")
+        if value.isdigit():
+            return int(value)
+    return os.getpid()
+
+
+def _end_now() -> None:
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+    os._exit(1)  # where SIGKILL does not exist
+
+
+def _parent_death_signal(signum: int) -> bool:
+    """Linux: the kernel sends ``signum`` to this process when the thread that started it ends."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _poll_parent(parent: int, every: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    _end_now()
+
+
+def watch_parent(parent: int, every: float = 0.5) -> bool:
+    """In a DDP process that the run's process ``parent`` started: end this process at once (SIGKILL) when
+    ``parent`` dies, so that it writes nothing more into the run directory. (torch gives the processes it
+    spawns a SIGINT instead, which the run's signal handling turns into one more step and a checkpoint.)
+
+    Linux: the kernel's parent-death signal; everywhere, a thread that checks every ``every`` seconds. Nothing
+    happens in ``parent`` itself, or in a process that it did not start (SLURM, torchrun: their launcher owns
+    it). Returns whether this call started the watch."""
+    global _watching
+    if parent == os.getpid() or _watching == parent:
+        return False
+    if os.getppid() != parent and pid_alive(parent):
+        return False
+    _parent_death_signal(getattr(signal, "SIGKILL", signal.SIGTERM))
+    if os.getppid() != parent:  # it died before the line above (or before this process got here)
+        _end_now()
+    threading.Thread(
+        target=_poll_parent, args=(parent, every), name="ncalab-parent-watch", daemon=True
+    ).start()
+    _watching = parent
+    return True
+
+
+class RunProcess(L.Callback):
+    """Set-up of every process of a run, the DDP processes included (with ``ddp_spawn`` they run neither
+    ``train.py`` nor :func:`run`, only the callbacks): glibc's allocator setting, and the watch on the run's
+    process (:func:`watch_parent`)."""
+
+    def __init__(self, parent: int, heap: bool):
+        super().__init__()
+        self.parent, self.heap = parent, heap
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        keep_heap(self.heap)
+        watch_parent(self.parent)
+
+
 def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Train one run and return its summary (final loss, PSNR, timing, parameter count).
 
     ``extra_callbacks`` are added to the configured ones (for programmatic use and tests).
     """
     out = Path(cfg.output_dir)
+    parent = run_process()
+    watch_parent(parent)  # a rank started as a new script ends with the process that started it
     _guard_output_dir(out, cfg.ckpt_path)
     # Under SLURM / strategy=ddp every rank runs this function: only rank 0 keeps the books.
     status = RunStatus(out, _overrides(cfg), write=rank_zero_only.rank == 0)
@@ -143,8 +224,11 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
     STOP.reset()
     installed = STOP.install()
     threads = torch.get_num_threads()  # put back afterwards: a programmatic caller keeps its own setting
+    pid_before = os.environ.get(RUN_PID_ENV)
+    if parent == os.getpid():  # for the ranks Lightning may start as new scripts (strategy=ddp)
+        os.environ[RUN_PID_ENV] = str(parent)
     try:
-        summary = _train(cfg, out, extra_callbacks)
+        summary = _train(cfg, out, extra_callbacks, parent)
     except BaseException as exc:
         # A signal this process received counts too (with spawned DDP processes the error comes from them).
         signum = interrupt_signal(exc) or STOP.signum
@@ -165,6 +249,10 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
             STOP.restore()
         STOP.reset()
         torch.set_num_threads(threads)
+        if pid_before is None:
+            os.environ.pop(RUN_PID_ENV, None)
+        else:
+            os.environ[RUN_PID_ENV] = pid_before
     status.finished()
     finish_wandb(failed=False)
     return summary
@@ -190,8 +278,14 @@ def _overrides(cfg: DictConfig) -> list[str]:
         return []
 
 
-def _train(cfg: DictConfig, out: Path, extra_callbacks: list[L.Callback] | None) -> dict[str, Any]:
+def _train(
+    cfg: DictConfig, out: Path, extra_callbacks: list[L.Callback] | None, parent: int | None = None
+) -> dict[str, Any]:
     validate(cfg)
+    heap = cfg.get("keep_heap", True)
+    if not isinstance(heap, bool):
+        raise ConfigError(f"keep_heap={heap!r} is not valid; expected true or false")
+    keep_heap(heap)  # ncalab.allocator: glibc keeps large buffers (NCALAB_KEEP_HEAP=0 turns it off too)
     threads, why = torch_threads(cfg.get("threads"))
     if threads is not None and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
@@ -216,8 +310,12 @@ def _train(cfg: DictConfig, out: Path, extra_callbacks: list[L.Callback] | None)
     module = build_module(cfg, config)
     if ckpt is not None:
         check_weights(ckpt, module.state_dict(), cfg.ckpt_path)
-    # The final checkpoint comes first: it is saved before the end-of-run callbacks that can fail or take long.
-    callbacks: list[L.Callback] = [FinalCheckpoint(out / "checkpoints" / "last.ckpt")]
+    # The process set-up first (in spawned DDP processes too), then the final checkpoint: it is saved before the
+    # end-of-run callbacks that can fail or take long.
+    callbacks: list[L.Callback] = [
+        RunProcess(os.getpid() if parent is None else parent, heap),
+        FinalCheckpoint(out / "checkpoints" / "last.ckpt"),
+    ]
     callbacks += [
         _built(build(c, f"callbacks.{k}"), L.Callback, f"callbacks.{k}", "a Lightning callback")
         for k, c in (cfg.get("callbacks") or {}).items()
