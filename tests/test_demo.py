@@ -55,6 +55,9 @@ SHIPPED = shipped_names()
 OPENS_ON = DEFAULT_PRETRAINED if DEFAULT_PRETRAINED in SHIPPED else (SHIPPED or [None])[0]
 # Models exported from random checkpoints next to the shipped ones in the picker test.
 EXTRA = ("sobel5_diag", "trainable_scale")
+# A bank of fixed operators of mixed sizes (3x3, 5x5, the dilated 3x3 stored as 5x5), exported as <root>/<name>/.
+MIXED_BANK = "operators_mixed"
+MIXED_OPS = ["sobel3_x", "sobel3_y", "laplace5", "gauss3", "sobel3_dil2_x"]
 
 # The demo left alone (test_shipped_model_stays_alive): steps from the seed before the cut, steps to regrow after
 # it, and how often the state is checked.
@@ -105,11 +108,11 @@ def find_chromium() -> str | None:
 # --- models ------------------------------------------------------------------------------------------------
 
 
-def stable_random_nca(perception: str, out: Path, seed: int = 0) -> tuple[NCA, dict]:
+def stable_random_nca(perception: str, out: Path, seed: int = 0, *overrides: str) -> tuple[NCA, dict]:
     """An NCA with non-zero random update weights whose state stays bounded, for a meaningful parity check.
 
     Hidden units 2c and 2c+1 read +x_c and -x_c and feed -0.2 x_c back (every channel decays), the other units
-    are random (perception responses matter), and alpha has a positive bias (the last layer keeps its optional
+    are random (perception responses matter, each read with a gain of at most 1), and alpha has a positive bias (the last layer keeps its optional
     bias here, so that exporting it is checked too) so that the pattern grows from the seed. Trainable kernels are
     perturbed per channel and scale factors set away from 1, so that the exported depthwise layout and the scale
     are both checked.
@@ -122,6 +125,7 @@ def stable_random_nca(perception: str, out: Path, seed: int = 0) -> tuple[NCA, d
         f"data.target_size={GRID - 8}",
         "data.padding=4",
         "model.update_bias=true",
+        *overrides,
     )
     config = OmegaConf.to_container(cfg, resolve=True)
     if "precision" in config["model"]:
@@ -132,6 +136,10 @@ def stable_random_nca(perception: str, out: Path, seed: int = 0) -> tuple[NCA, d
     conv1, conv2 = nca.update[0], nca.update[-1]
     with torch.no_grad():
         w1, w2 = conv1.weight[:, :, 0, 0], conv2.weight[:, :, 0, 0]
+        # Responses that can exceed the state (sum |kernel| > 1: a Laplacian's is 6) are read with weights divided
+        # by that sum, or the random units would amplify them step after step until the state blows up.
+        gain = nca.perception.operator_weight().detach().abs().flatten(1).sum(1).clamp(min=1.0)
+        w1[:, nca.channels :] /= gain
         w2.copy_(torch.randn(w2.shape, generator=g) * 0.1)
         for c in range(nca.channels):
             w1[2 * c].zero_()
@@ -217,6 +225,11 @@ def site(tmp_path_factory):
         ckpt = save_checkpoint(nca, config, work / f"{name}.ckpt", step=7)
         assert demo_main(["export", str(ckpt), str(root / name), "--name", name]) == 0
         models[name] = (nca, reference_rollout(nca))
+    ops = f"perception.ops=[{','.join(MIXED_OPS)}]"
+    nca, config = stable_random_nca("operators", work / MIXED_BANK, 0, ops)
+    ckpt = save_checkpoint(nca, config, work / f"{MIXED_BANK}.ckpt", step=7)
+    assert demo_main(["export", str(ckpt), str(root / MIXED_BANK), "--name", MIXED_BANK]) == 0
+    models[MIXED_BANK] = (nca, reference_rollout(nca))
     assert demo_main(["export", str(root / "shipped")]) == 0
     sources = {name: pretrained_dir(name) for name in SHIPPED} | {name: root / name for name in EXTRA}
     export_models(root / "picker", sources, default=OPENS_ON)
@@ -416,6 +429,32 @@ def test_serve_prints_a_url_and_serves_the_page(served):
             assert json.loads(resp.read())["format"] == FORMAT
 
 
+def test_server_serves_only_its_folder_and_many_clients_at_once(tmp_path):
+    import http.client
+    import socket
+
+    site, secret = tmp_path / "site", tmp_path / "secret.txt"
+    site.mkdir()
+    (site / "index.html").write_text("<p>ok</p>")
+    secret.write_text("not served")
+    server = make_server(site, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    try:
+        with socket.create_connection((host, port)):  # a client that sends nothing holds its own thread only
+            for path in ("/../secret.txt", "/%2e%2e/secret.txt", "/..%2fsecret.txt", "/" + str(secret)):
+                conn = http.client.HTTPConnection(host, port, timeout=10)
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                assert (resp.status, b"not served" in resp.read()) == (404, False), path
+                conn.close()
+            with urllib.request.urlopen(f"http://{host}:{port}/index.html", timeout=10) as resp:
+                assert resp.read() == b"<p>ok</p>"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # --- in the browser ---------------------------------------------------------------------------------------------
 
 
@@ -442,6 +481,28 @@ def test_parity_with_pytorch_for_every_perception(site, page, backend):
         )
         assert all_err < PARITY_TOL, f"{backend}/{name}: max |error| {all_err}"
     print(f"[{backend}] " + "; ".join(report))
+
+
+@pytest.mark.parametrize("backend", ["js", "webgl"])
+def test_parity_with_pytorch_for_a_mixed_size_bank(site, page, backend):
+    """A bank of 3x3 and 5x5 operators (exported zero-padded to 5x5) runs in the page as in PyTorch: 64 steps at
+    fire rate 1 from the seed, every channel within 1e-3; the page names the bank's operators."""
+    root, base, models = site
+    nca, reference = models[MIXED_BANK]
+    assert nca.perception.ops == tuple(MIXED_OPS) and nca.perception.kernel_size == 5
+    meta = json.loads((root / MIXED_BANK / "model.json").read_text())
+    assert meta["perception"]["ops"] == MIXED_OPS and meta["perception"]["kernel_size"] == 5
+    info = open_demo(page, f"{base}/{MIXED_BANK}/index.html?backend={backend}&paused=1")
+    if backend == "webgl" and info["backend"] != "webgl":
+        pytest.skip(f"no WebGL2 in this headless Chromium ({info['error']}); the JS backend is tested")
+    described = page.locator("#model-perception").inner_text()
+    assert f"operators: 5 operators, 5x5 ({', '.join(MIXED_OPS)})" in described, described
+    page.evaluate(f"() => {{ nca.setFireRate(1); nca.reset(); nca.step({PARITY_STEPS}); }}")
+    state = read_state(page, info["meta"])
+    seed = nca.seed(1, GRID, GRID)[0].numpy()
+    assert alive(reference).sum() > 100 and np.abs(reference[:4] - seed[:4]).max() > 0.1
+    err = float(np.abs(state - reference).max())
+    assert err < PARITY_TOL, f"{backend}/{MIXED_BANK}: max |error| {err} after {PARITY_STEPS} steps"
 
 
 def test_backends_agree_with_a_stochastic_fire_mask(site, page):

@@ -31,13 +31,15 @@ SIZE = 24
 # Cells whose 5x5 window reaches the zero padding are excluded when reading "interior" responses.
 MARGIN = 2
 
-# The five perception configurations and how many operators each applies per channel.
+# The five perception configurations, and a bank of mixed kernel sizes, and how many operators each applies per
+# channel.
 PERCEPTIONS = {
     "sobel3": (lambda c: FixedPerception(c, operators="sobel3"), 2),
     "sobel5": (lambda c: FixedPerception(c, operators="sobel5"), 2),
     "sobel5_diag": (lambda c: FixedPerception(c, operators="sobel5_diag"), 4),
     "trainable_3x3_2ops": (lambda c: TrainablePerception(c, kernel_size=3, n_ops=2), 2),
     "scaled": (lambda c: ScaledPerception(c, kernel_size=3, n_ops=2, scale="per_op"), 2),
+    "mixed_bank": (lambda c: FixedPerception(c, ops=["sobel3_x", "laplace5", "gauss3"]), 3),
 }
 # (operator set, operator index, that operator's angle) for every fixed operator.
 OPERATORS = [
@@ -200,9 +202,8 @@ def test_sobel5_diag_kernels_are_linearly_independent():
 
 
 def test_rotated_sobel3_diagonal_is_not_in_span_of_x_and_y():
-    # Note: the _rotate_45 docstring claims the 3x3 rotation *is* a linear combination of x and y
-    # ("unlike the 3x3 case"); it is not. The ring-shifted 3x3 kernel is the compass Sobel
-    # [[-2,-1,0],[-1,0,1],[0,1,2]] / 8, while x + y is [[-2,-2,0],[-2,0,2],[0,2,2]] / 8.
+    # The ring-shifted 3x3 kernel is the compass Sobel [[-2,-1,0],[-1,0,1],[0,1,2]] / 8, while x + y is
+    # [[-2,-2,0],[-2,0,2],[0,2,2]] / 8 (the sobel3_45 operator is this kernel, normalised).
     kx, ky = sobel3()
     diag = _rotate_45(kx, 1)
     assert torch.equal(diag * 8, torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 1.0, 2.0]]))
@@ -219,9 +220,13 @@ def test_rotating_four_times_by_45_degrees_negates_the_kernel():
 # --- buffers vs parameters ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("operators", sorted(OPERATOR_SETS))
+@pytest.mark.parametrize("operators", [*sorted(OPERATOR_SETS), "operators"])
 def test_fixed_perception_kernels_are_buffers_not_parameters(operators):
-    p = FixedPerception(CHANNELS, operators=operators)
+    p = (
+        FixedPerception(CHANNELS, ops=["sobel3_x", "laplace5"])
+        if operators == "operators"
+        else FixedPerception(CHANNELS, operators=operators)
+    )
     assert list(p.parameters()) == []
     assert set(dict(p.named_buffers())) == {"weight"}
     assert "weight" in p.state_dict()
@@ -408,3 +413,42 @@ def test_hydra_config_instantiates_perception_named_after_file(path):
     assert p.name == path.stem
     assert p.channels == 16
     assert p(torch.zeros(1, 16, 8, 8)).shape == (1, p.out_channels, 8, 8)
+
+
+# --- the perception contract ------------------------------------------------------------------------------------
+
+
+def test_a_new_perception_is_one_class_and_the_rest_takes_it():
+    """A perception that fills the contract (``operator_weight``, ``response_scale``) runs in the NCA's fast path
+    exactly as its own forward computes, and exports to the demo with its kernels and scale."""
+    from ncalab.demo import model_tensors
+    from ncalab.nca import NCA
+
+    class Shifted(Perception):
+        """Identity + each channel's left and right neighbours, the right one doubled."""
+
+        def __init__(self, channels: int = 16):
+            super().__init__(channels, n_ops=2, kernel_size=3, name="shifted")
+            k = torch.zeros(2, 3, 3)
+            k[0, 1, 0] = k[1, 1, 2] = 1.0
+            self.register_buffer("weight", k.repeat(channels, 1, 1).unsqueeze(1))
+
+        def operator_weight(self) -> torch.Tensor:
+            return self.weight
+
+        def response_scale(self) -> torch.Tensor:
+            return torch.tensor([1.0, 2.0]).repeat(self.channels)
+
+    torch.manual_seed(0)
+    nca = NCA(Shifted(), channels=16, hidden=8, fire_rate=1.0)
+    torch.nn.init.normal_(nca.update[-1].weight, std=0.1)
+    x = torch.rand(1, 16, 6, 6)
+    x[:, 3] = 0.5
+    out = nca.perception(x)
+    assert torch.equal(out[:, 17::2, :, :-1], 2 * x[:, :, :, 1:])  # the right neighbour, doubled
+    assert torch.equal(out[:, 16::2, :, 1:], x[:, :, :, :-1])  # the left neighbour
+    plain = x + nca.update(out)  # every cell alive before and after (alpha 0.5)
+    torch.testing.assert_close(nca.step(x), plain, rtol=1e-5, atol=1e-6)
+    tensors = model_tensors(nca)
+    assert torch.equal(tensors["kernels"], nca.perception.weight)
+    assert torch.equal(tensors["scale"], torch.tensor([1.0, 2.0]).repeat(16))

@@ -32,8 +32,15 @@ def column(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key)]
 
 
-def test_the_five_perceptions_are_configured():
-    assert PERCEPTIONS == ["sobel3", "sobel5", "sobel5_diag", "trainable_scale", "trainable_truncated"]
+def test_the_source_perceptions_and_the_operator_bank_are_configured():
+    assert PERCEPTIONS == [
+        "operators",
+        "sobel3",
+        "sobel5",
+        "sobel5_diag",
+        "trainable_scale",
+        "trainable_truncated",
+    ]
 
 
 @pytest.mark.parametrize("perception", PERCEPTIONS)

@@ -18,8 +18,10 @@ Recomputation (checkpointing, and the recomputed hidden layer of the fast path) 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -31,18 +33,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ncalab.allocator import keep_heap
+from ncalab.errors import ConfigError
 from ncalab.nca import ALPHA, NCA, seed_state
-from ncalab.perception import FixedPerception, Perception, ScaledPerception, TrainablePerception
+from ncalab.perception import (
+    BANKS,
+    OPERATORS,
+    FixedPerception,
+    Perception,
+    ScaledPerception,
+    TrainablePerception,
+)
 
 CHANNELS = 16
 HIDDEN = 128
 FIRE_RATE = 0.5
 
-# The five perceptions of conf/perception/ and the truncation their config sets (rollout.backprop_steps).
+# The perceptions of conf/perception/ and the truncation their config sets (rollout.backprop_steps). Any other bank
+# of fixed operators is ``operators:<op>,<op>,...`` (see :func:`perception_factory`).
+OPERATORS_DEFAULT = ("sobel3_x", "sobel3_y", "laplace3")  # conf/perception/operators.yaml
 PERCEPTIONS: dict[str, tuple[Callable[[], Perception], int | None]] = {
-    "sobel3": (lambda: FixedPerception(CHANNELS, operators="sobel3", name="sobel3"), None),
-    "sobel5": (lambda: FixedPerception(CHANNELS, operators="sobel5", name="sobel5"), None),
-    "sobel5_diag": (lambda: FixedPerception(CHANNELS, operators="sobel5_diag", name="sobel5_diag"), None),
+    **{
+        name: (functools.partial(FixedPerception, CHANNELS, ops=ops, name=name), None)
+        for name, ops in BANKS.items()
+    },
+    "operators": (
+        functools.partial(FixedPerception, CHANNELS, ops=OPERATORS_DEFAULT, name="operators"),
+        None,
+    ),
     "trainable_truncated": (
         lambda: TrainablePerception(CHANNELS, kernel_size=3, n_ops=2, name="trainable_truncated"),
         16,
@@ -52,6 +70,44 @@ PERCEPTIONS: dict[str, tuple[Callable[[], Perception], int | None]] = {
         None,
     ),
 }
+BANK_PREFIX = "operators:"
+
+
+def perception_factory(name: str) -> tuple[Callable[[], Perception], int | None]:
+    """``(build the perception, its default backprop_steps)`` for a name of :data:`PERCEPTIONS` or a bank
+    ``operators:<op>,<op>,...`` (operators of ``ncalab.perception.OPERATORS``, also joined with ``+``)."""
+    if name in PERCEPTIONS:
+        return PERCEPTIONS[name]
+    if name.startswith(BANK_PREFIX):
+        ops = [o for o in re.split(r"[,+]", name[len(BANK_PREFIX) :]) if o]
+        try:
+            FixedPerception(CHANNELS, ops=ops)
+        except ConfigError as exc:
+            raise SystemExit(f"--perceptions {name}: {exc}") from None
+        return functools.partial(FixedPerception, CHANNELS, ops=ops, name=name), None
+    raise SystemExit(
+        f"unknown perception {name!r}; accepted: {', '.join(PERCEPTIONS)}, or a bank {BANK_PREFIX}<op>,<op>,... "
+        f"of the operators {', '.join(OPERATORS)}"
+    )
+
+
+def parse_perceptions(text: str) -> list[str]:
+    """``--perceptions``: names separated by commas, where a bank ``operators:a,b,c`` takes every following name
+    that is not a perception (``sobel3,operators:sobel3_x,sobel3_y,laplace3,sobel5`` is three perceptions)."""
+    names: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        joins = not token.startswith(BANK_PREFIX) and token not in PERCEPTIONS
+        if names and names[-1].startswith(BANK_PREFIX) and joins:
+            names[-1] += "," + token
+        else:
+            names.append(token)
+    for name in names:
+        perception_factory(name)  # a clear error for a bad one, before any worker starts
+    return names
+
+
 FIELDS = (
     "perception",
     "size",
@@ -167,7 +223,7 @@ class Spec:
 
 def flops_per_iter(spec: Spec) -> float:
     """Useful FLOPs of one training iteration (multiply-add = 2), see the module docstring."""
-    perception = PERCEPTIONS[spec.perception][0]()
+    perception = perception_factory(spec.perception)[0]()
     c, n, k = CHANNELS, perception.n_ops, perception.kernel_size
     dw = 2 * c * n * k * k
     l1 = 2 * c * (1 + n) * HIDDEN
@@ -210,7 +266,7 @@ def build(spec: Spec):
     torch.manual_seed(spec.seed)
     device = torch.device(spec.device)
     nca = NCA(
-        PERCEPTIONS[spec.perception][0](),
+        perception_factory(spec.perception)[0](),
         channels=CHANNELS,
         hidden=HIDDEN,
         fire_rate=FIRE_RATE,
@@ -342,7 +398,12 @@ def _options(text: str, cast: Callable[[str], object]) -> list:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m ncalab.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--perceptions", default=",".join(PERCEPTIONS), help="comma-separated, default: all five")
+    ap.add_argument(
+        "--perceptions",
+        default=",".join(PERCEPTIONS),
+        help="comma-separated, default: every configured one; a bank of fixed operators is "
+        "operators:<op>,<op>,... (e.g. operators:sobel3_x,sobel3_y,laplace3)",
+    )
     ap.add_argument("--sizes", default="72,128", help="grid sizes (square), default 72,128")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=64, help="rollout steps per iteration")
@@ -371,10 +432,8 @@ def cases(args: argparse.Namespace) -> list[tuple[Spec, list[Spec]]]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     groups = []
-    for name in [p.strip() for p in args.perceptions.split(",") if p.strip()]:
-        if name not in PERCEPTIONS:
-            raise SystemExit(f"unknown perception {name!r}; accepted: {', '.join(PERCEPTIONS)}")
-        default_bp = PERCEPTIONS[name][1]
+    for name in parse_perceptions(args.perceptions):
+        default_bp = perception_factory(name)[1]
         bps = [default_bp] if args.backprop_steps == "default" else _options(args.backprop_steps, int)
         for size in _options(args.sizes, int):
             common = {
@@ -416,6 +475,7 @@ def print_row(r: dict, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_heap()  # ncalab.allocator; the baseline's workers run with NCALAB_KEEP_HEAP=0 (glibc's default)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:

@@ -19,7 +19,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ncalab.errors import CheckpointError
 from ncalab.nca import NCA
-from ncalab.perception import FixedPerception, Perception, ScaledPerception, TrainablePerception
+from ncalab.perception import (
+    BANKS,
+    FixedPerception,
+    Perception,
+    ScaledPerception,
+    TrainablePerception,
+    resolve_ops,
+)
 from ncalab.rundirs import pid_alive
 
 # Settings that decide the shapes and meaning of what a checkpoint holds.
@@ -79,23 +86,64 @@ def _select(config: dict, key: str) -> Any:
     return node
 
 
+def _fixed_ops(node: Any) -> tuple[str, ...] | None:
+    """The operators a saved fixed-bank perception names (``ops``, or the bank ``operators`` of configs written
+    before ``ops`` existed); None for any other perception or a bank that does not resolve."""
+    if not isinstance(node, dict) or node.get("_target_") != f"ncalab.perception.{FixedPerception.__name__}":
+        return None
+    try:
+        return resolve_ops(node.get("ops"), node.get("operators"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _perception_identity(node: Any) -> Any:
+    """What decides a perception's weights and meaning: a fixed bank is its operators (in order) and channels,
+    however it was written; any other perception its settings. The name is a label and does not count."""
+    ops = _fixed_ops(node)
+    if ops is not None:
+        return {"ops": list(ops), "channels": node.get("channels")}
+    return {k: v for k, v in node.items() if k != "name"} if isinstance(node, dict) else node
+
+
+def _describe_perception(node: Any) -> str:
+    ops = _fixed_ops(node)
+    if ops is not None:
+        return f"{node.get('name')} (identity + {', '.join(ops)})"
+    return f"{node.get('name')} {node}" if isinstance(node, dict) else str(node)
+
+
+def _perception_override(node: Any) -> str:
+    """The command-line choice that builds ``node`` again."""
+    name = node.get("name", "?") if isinstance(node, dict) else "?"
+    ops = _fixed_ops(node)
+    if ops is None or BANKS.get(name) == ops:
+        return f"perception={name}"
+    return f"perception=operators 'perception.ops=[{','.join(ops)}]'"
+
+
 def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
-    """Raise :class:`CheckpointError` naming every setting where the checkpoint and this run differ."""
+    """Raise :class:`CheckpointError` naming every setting where the checkpoint and this run differ.
+
+    The perception is compared by what it computes: a fixed bank by its operators (so ``perception=sobel3`` and a
+    checkpoint that names the bank ``operators: sobel3`` match), any other perception by its settings."""
     saved = ckpt["hyper_parameters"]["config"]
     diffs = []
     for key in COMPATIBLE_KEYS:
         a, b = _select(saved, key), _select(config, key)
-        if a != b:
-            if key == "perception":
-                a = f"{a.get('name')} {a}" if isinstance(a, dict) else a
-                b = f"{b.get('name')} {b}" if isinstance(b, dict) else b
+        if key == "perception":
+            if _perception_identity(a) != _perception_identity(b):
+                diffs.append(
+                    f"  perception: checkpoint has {_describe_perception(a)}, this run has {_describe_perception(b)}"
+                )
+        elif a != b:
             diffs.append(f"  {key}: checkpoint has {a}, this run has {b}")
     if diffs:
-        name = (saved.get("perception") or {}).get("name", "?")
         raise CheckpointError(
             f"ckpt_path={str(path)!r} does not match this run:\n"
             + "\n".join(diffs)
-            + f"\nResume with the checkpoint's settings (e.g. perception={name}) or start a new run without ckpt_path."
+            + f"\nResume with the checkpoint's settings (e.g. {_perception_override(saved.get('perception'))}) "
+            "or start a new run without ckpt_path."
         )
 
 
@@ -145,7 +193,8 @@ def _check_plain(value: Any, where: str, path: str | Path) -> None:
 
 
 def _keyword_args(cls: type, node: dict[str, Any], skip: set[str], where: str, path: str | Path) -> dict:
-    """``node`` as keyword arguments of ``cls``, refusing keys it does not take and values that are not scalars."""
+    """``node`` as keyword arguments of ``cls``, refusing keys it does not take and values that are neither
+    scalars nor lists of scalars."""
     params = inspect.signature(cls.__init__).parameters
     accepted = {n for n, p in params.items() if n != "self" and p.kind is p.POSITIONAL_OR_KEYWORD} - skip
     kwargs = {}
@@ -157,8 +206,13 @@ def _keyword_args(cls: type, node: dict[str, Any], skip: set[str], where: str, p
                 f"{str(path)!r}: {where}.{key} is not a setting of {cls.__name__} "
                 f"(accepted: {', '.join(sorted(accepted))})"
             )
-        if value is not None and not isinstance(value, bool | int | float | str):
-            raise CheckpointError(f"{str(path)!r}: {where}.{key} must be a plain value, got {value!r}")
+        plain = bool | int | float | str
+        if isinstance(value, list) and all(isinstance(v, plain) for v in value):
+            value = list(value)  # a list of plain values, e.g. a bank's ops
+        elif value is not None and not isinstance(value, plain):
+            raise CheckpointError(
+                f"{str(path)!r}: {where}.{key} must be a plain value or a list of them, got {value!r}"
+            )
         kwargs[key] = value
     return kwargs
 
@@ -187,8 +241,9 @@ def load_nca(path: str | Path) -> tuple[NCA, dict[str, Any]]:
     """Rebuild the trained :class:`NCA` from a checkpoint alone; returns ``(nca, run config)``.
 
     Only tensors and plain values are read: the perception is one of :data:`PERCEPTION_CLASSES` built from
-    its saved scalar settings, nothing else named in the checkpoint is imported or called, and a config with
-    an interpolation (``${...}``) or a Hydra key other than the perception's ``_target_`` is refused.
+    its saved plain settings (scalars, and lists of them such as a fixed bank's ``ops``), nothing else named in
+    the checkpoint is imported or called, and a config with an interpolation (``${...}``) or a Hydra key other
+    than the perception's ``_target_`` is refused.
     """
     ckpt = read_checkpoint(path)
     config = ckpt["hyper_parameters"]["config"]

@@ -34,11 +34,20 @@ class ModelFolderError(NCALabError, ValueError):
 class StoredPerception(Perception):
     """Identity + stored depthwise operator kernels (``C*n_ops x 1 x k x k``) times a stored per-response scale.
 
-    Uses the :class:`Perception` interface unchanged (``operator_weight`` / ``scale_responses``), so the NCA's
-    fast path applies it exactly as it applied the perception the model was trained with.
+    The perception contract of :class:`ncalab.perception.Perception` filled from the files: ``operator_weight``
+    is the stored kernels, ``response_scale`` the stored scale (None when it is all ones), so the NCA's fast path
+    applies it exactly as it applied the perception the model was trained with. ``name`` and ``ops`` are the
+    labels ``model.json`` gives (nothing is looked up by them).
     """
 
-    def __init__(self, kernels: torch.Tensor, scale: torch.Tensor, channels: int, name: str | None = None):
+    def __init__(
+        self,
+        kernels: torch.Tensor,
+        scale: torch.Tensor,
+        channels: int,
+        name: str | None = None,
+        ops: tuple[str, ...] = (),
+    ):
         n, one, k, k2 = kernels.shape
         if one != 1 or k != k2 or n % channels:
             raise ValueError(
@@ -46,7 +55,10 @@ class StoredPerception(Perception):
             )
         if scale.shape != (n,):
             raise ValueError(f"scale has shape {tuple(scale.shape)}, expected ({n},)")
+        if ops and len(ops) != n // channels:
+            raise ValueError(f"model.json names {len(ops)} operators, the kernels hold {n // channels}")
         super().__init__(channels, n_ops=n // channels, kernel_size=k, name=name or "stored")
+        self.ops = tuple(ops)
         self.register_buffer("weight", kernels.detach().clone().float())
         self.register_buffer("scale", scale.detach().clone().float())
         # Unscaled perceptions store ones: skip the multiply (the result is the same, bit for bit).
@@ -55,10 +67,8 @@ class StoredPerception(Perception):
     def operator_weight(self) -> torch.Tensor:
         return self.weight
 
-    def scale_responses(self, responses: torch.Tensor) -> torch.Tensor:
-        if self.unit_scale:
-            return responses
-        return responses * self.scale.view(1, -1, 1, 1)
+    def response_scale(self) -> torch.Tensor | None:
+        return None if self.unit_scale else self.scale
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -155,9 +165,12 @@ def load_model_folder(path: str | Path) -> tuple[NCA, dict[str, Any]]:
         raise _fail(folder, f"model.json lacks a valid {exc}") from exc
     kernels, scale, w1, b1, w2, b2 = (t[k] for k in TENSORS)
     described = meta.get("perception")
-    name = described.get("name") if isinstance(described, dict) else None  # a label only, never looked up
+    described = described if isinstance(described, dict) else {}
+    name = described.get("name")  # labels only, never looked up
+    ops = described.get("ops")
+    ops = tuple(ops) if isinstance(ops, list) and all(isinstance(o, str) for o in ops) else ()
     try:
-        perception = StoredPerception(kernels, scale, channels, name=str(name) if name else None)
+        perception = StoredPerception(kernels, scale, channels, name=str(name) if name else None, ops=ops)
         hidden = w1.shape[0]
         expected = {
             "w1": (hidden, perception.out_channels),

@@ -97,6 +97,22 @@ def _hydra_run_info() -> tuple[str | None, str | None, list[str]]:
     return group, hc.job.override_dirname or None, overrides
 
 
+def run_name(overrides_name: str | None, perception: dict[str, Any] | None) -> str | None:
+    """A run's W&B name: the job's overrides (``perception=sobel5,seed=1``), plus the operators of a fixed bank
+    that neither its name nor the overrides give (``perception=operators`` with the ops set in an experiment file),
+    so that every bank's run names its operators."""
+    node = perception or {}
+    ops, name = node.get("ops"), node.get("name")
+    if not isinstance(ops, list | tuple) or not ops or "perception.ops=" in (overrides_name or ""):
+        return overrides_name
+    from ncalab.perception import BANKS
+
+    if tuple(ops) == BANKS.get(name):
+        return overrides_name
+    given = f"perception.ops=[{','.join(map(str, ops))}]"
+    return f"{overrides_name},{given}" if overrides_name else f"perception={name},{given}"
+
+
 def wandb_logger(
     project: str = "ncalab",
     save_dir: str = ".",
@@ -113,9 +129,10 @@ def wandb_logger(
 ) -> WandbLogger:
     """A :class:`WandbLogger` whose files land in ``save_dir/wandb``.
 
-    In a multirun the group is the sweep (``sweep-<sweep dir name>``), the name the job's overrides, the job type
-    the perception and the tags the overrides, so a dashboard groups by perception and averages over seeds with
-    no set-up. ``id`` resumes an earlier run (the id is kept in checkpoints).
+    In a multirun the group is the sweep (``sweep-<sweep dir name>``), the name the job's overrides (with a fixed
+    bank's operators, :func:`run_name`), the job type the perception and the tags the overrides, so a dashboard
+    groups by perception and averages over seeds with no set-up. ``id`` resumes an earlier run (the id is kept in
+    checkpoints).
 
     In ``auto`` mode with credentials, ``wandb.init`` may wait at most ``init_timeout`` seconds for the server
     (``$WANDB_INIT_TIMEOUT`` wins when set); when it cannot reach it (a compute node without network) the run
@@ -125,8 +142,9 @@ def wandb_logger(
     _clear_empty_wandb_mode()
     auto = mode == "auto" and not os.environ.get("WANDB_MODE", "").strip()
     mode = resolve_mode(mode)
-    sweep_group, run_name, overrides = _hydra_run_info()
-    perception = ((run_config or {}).get("perception") or {}).get("name")
+    sweep_group, overrides_name, overrides = _hydra_run_info()
+    perception_config = (run_config or {}).get("perception") or {}
+    perception = perception_config.get("name")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if mode == "offline" and not _told_offline:
         _told_offline = True
@@ -152,7 +170,7 @@ def wandb_logger(
         resume="allow" if id else None,
         mode=mode,
         group=group or sweep_group,
-        name=name or run_name,
+        name=name or run_name(overrides_name, perception_config),
         job_type=job_type or perception,
         tags=sorted({t[:64] for t in (*(tags or []), *overrides, *([perception] if perception else []))}),
         config=run_config,

@@ -3,24 +3,63 @@
 Every perception maps a state ``B x C x H x W`` to ``B x C*(1 + n_ops) x H x W``: the cell's own state (the
 identity channel) followed by ``n_ops`` depthwise operator responses per channel. Angles are measured in array
 coordinates: 0 degrees points along +column (x), 90 degrees along +row (y, downwards on screen).
+
+Fixed perceptions are banks of named operators (:data:`OPERATORS`); ``sobel3``, ``sobel5`` and ``sobel5_diag``
+are named banks (:data:`BANKS`) of the same mechanism as ``perception=operators perception.ops=[...]``.
+
+The operators and how each is normalised (kernels are cross-correlations, as ``F.conv2d`` applies them):
+
+=================  =====  ==============================================================  =========================
+name               size   kernel                                                          normalisation
+=================  =====  ==============================================================  =========================
+``sobel3_x/_y``    3x3    [1,2,1] (smoothing) x [-1,0,1] (derivative) / 8                 unit ramp along x/y reads 1
+``sobel3_45/_135`` 3x3    ``sobel3_x`` rotated by 45/135 degrees (ring shift)             unit ramp along 45/135 reads 1
+``sobel5_x/_y``    5x5    [1,4,6,4,1] x [-1,-2,0,2,1] / 128                               unit ramp along x/y reads 1
+``sobel5_45/_135`` 5x5    ``sobel5_x`` rotated by 45/135 degrees (ring shift)             unit ramp along 45/135 reads 1
+``scharr3_x/_y``   3x3    [3,10,3] x [-1,0,1] / 32                                        unit ramp along x/y reads 1
+``sobel3_dil2_x``  5x5    ``sobel3_x`` with dilation 2 (taps 2 cells apart) / 2 (= /16)   unit ramp along x reads 1
+``sobel3_dil2_y``  5x5    its transpose                                                   unit ramp along y reads 1
+``laplace3``       3x3    [[1,2,1],[2,-12,2],[1,2,1]] / 4 (isotropic 9-point stencil)     (x^2+y^2)/2 reads 2
+``laplace5``       5x5    (s x d + d x s) / 64, s=[1,4,6,4,1], d=[1,0,-2,0,1]             (x^2+y^2)/2 reads 2
+``gauss3``         3x3    [1,2,1] x [1,2,1] / 16 (binomial, sigma = 0.71 cells)           sums to 1
+``gauss5``         5x5    [1,4,6,4,1] x [1,4,6,4,1] / 256 (binomial, sigma = 1 cell)      sums to 1
+=================  =====  ==============================================================  =========================
+
+Derivatives read 0 on a constant and on a ramp perpendicular to their direction; both Laplacians read the continuous
+Laplacian of any quadratic exactly (2 on the paraboloid (x^2+y^2)/2, 0 on constants and ramps); the smoothing
+kernels read a constant as itself. The rotated diagonals are not linear combinations of the x and y kernels.
+
+A bank of mixed kernel sizes pads its smaller kernels with zeros, centred, to its largest size: one depthwise
+convolution of that size computes every response, and a 3x3 operator reads in a 5x5 bank exactly what it reads
+alone (its extra taps are zero; the cost is that of the 5x5 convolution). The dilated Sobel is stored the same
+way: a 5x5 kernel with 9 non-zero taps (the 5x5 receptive field with the 3x3 operator's taps).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ncalab.errors import ConfigError
+
 __all__ = [
+    "BANKS",
+    "OPERATORS",
     "OPERATOR_SETS",
     "FixedPerception",
+    "Operator",
     "Perception",
     "ScaledPerception",
     "TrainablePerception",
+    "bank_kernels",
     "operator_kernels",
     "ramp_response",
+    "resolve_ops",
 ]
 
 
@@ -52,7 +91,7 @@ def _ring(size: int, radius: int) -> list[tuple[int, int]]:
 def _rotate_45(kernel: torch.Tensor, times: int = 1) -> torch.Tensor:
     """Rotate a square kernel by ``times`` x 45 degrees by shifting each ring, as compass operators are built.
 
-    The rotated 5x5 Sobel is not a linear combination of the x and y kernels (tests check the rank).
+    The rotated kernel is not a linear combination of the x and y kernels, at 3x3 or at 5x5 (tests check the rank).
     """
     size = kernel.shape[-1]
     out = kernel.clone()
@@ -65,38 +104,178 @@ def _rotate_45(kernel: torch.Tensor, times: int = 1) -> torch.Tensor:
     return out
 
 
+# --- the operators --------------------------------------------------------------------------------------------
+
+
+def _sobel3_x() -> torch.Tensor:
+    return torch.outer(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([-1.0, 0.0, 1.0])) / 8.0
+
+
+def _sobel5_x() -> torch.Tensor:
+    return (
+        torch.outer(torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]), torch.tensor([-1.0, -2.0, 0.0, 2.0, 1.0]))
+        / 128.0
+    )
+
+
+def _scharr3_x() -> torch.Tensor:
+    return torch.outer(torch.tensor([3.0, 10.0, 3.0]), torch.tensor([-1.0, 0.0, 1.0])) / 32.0
+
+
+def _sobel3_dil2_x() -> torch.Tensor:
+    return (
+        torch.outer(torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0]), torch.tensor([-1.0, 0.0, 0.0, 0.0, 1.0])) / 16.0
+    )
+
+
+def _laplace3() -> torch.Tensor:
+    return torch.tensor([[1.0, 2.0, 1.0], [2.0, -12.0, 2.0], [1.0, 2.0, 1.0]]) / 4.0
+
+
+def _laplace5() -> torch.Tensor:
+    s = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+    d = torch.tensor(
+        [1.0, 0.0, -2.0, 0.0, 1.0]
+    )  # [1,-2,1] smoothed by [1,2,1]: the second difference over 2 cells
+    return (torch.outer(s, d) + torch.outer(d, s)) / 64.0
+
+
+def _gauss(weights: list[float]) -> Callable[[], torch.Tensor]:
+    def make() -> torch.Tensor:
+        w = torch.tensor(weights)
+        return torch.outer(w, w) / float(w.sum()) ** 2
+
+    return make
+
+
+def _transposed(make: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    return lambda: make().T.contiguous()
+
+
+def _diagonal(make: Callable[[], torch.Tensor], times: int, angle: float) -> Callable[[], torch.Tensor]:
+    return lambda: _normalised(_rotate_45(make(), times), angle)
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One named fixed operator: its kernel, what it measures and how it is normalised (module docstring)."""
+
+    name: str
+    kind: str  # "derivative" | "laplacian" | "smoothing"
+    make: Callable[[], torch.Tensor]
+    angle: float | None = None  # derivatives: the direction along which a unit ramp reads 1 (degrees)
+
+    def kernel(self) -> torch.Tensor:
+        """The ``k x k`` float32 kernel (a new tensor on every call)."""
+        return self.make()
+
+    @property
+    def size(self) -> int:
+        return int(self.make().shape[-1])
+
+
+OPERATORS: dict[str, Operator] = {
+    op.name: op
+    for op in (
+        Operator("sobel3_x", "derivative", _sobel3_x, 0.0),
+        Operator("sobel3_y", "derivative", _transposed(_sobel3_x), 90.0),
+        Operator("sobel3_45", "derivative", _diagonal(_sobel3_x, 1, 45.0), 45.0),
+        Operator("sobel3_135", "derivative", _diagonal(_sobel3_x, 3, 135.0), 135.0),
+        Operator("sobel5_x", "derivative", _sobel5_x, 0.0),
+        Operator("sobel5_y", "derivative", _transposed(_sobel5_x), 90.0),
+        Operator("sobel5_45", "derivative", _diagonal(_sobel5_x, 1, 45.0), 45.0),
+        Operator("sobel5_135", "derivative", _diagonal(_sobel5_x, 3, 135.0), 135.0),
+        Operator("scharr3_x", "derivative", _scharr3_x, 0.0),
+        Operator("scharr3_y", "derivative", _transposed(_scharr3_x), 90.0),
+        Operator("sobel3_dil2_x", "derivative", _sobel3_dil2_x, 0.0),
+        Operator("sobel3_dil2_y", "derivative", _transposed(_sobel3_dil2_x), 90.0),
+        Operator("laplace3", "laplacian", _laplace3),
+        Operator("laplace5", "laplacian", _laplace5),
+        Operator("gauss3", "smoothing", _gauss([1.0, 2.0, 1.0])),
+        Operator("gauss5", "smoothing", _gauss([1.0, 4.0, 6.0, 4.0, 1.0])),
+    )
+}
+# What a Laplacian reads on the unit paraboloid (x^2 + y^2) / 2: its continuous Laplacian.
+PARABOLOID_LAPLACIAN = 2.0
+
+# The named banks: the fixed perceptions of the source, as lists of operators.
+BANKS: dict[str, tuple[str, ...]] = {
+    "sobel3": ("sobel3_x", "sobel3_y"),
+    "sobel5": ("sobel5_x", "sobel5_y"),
+    "sobel5_diag": ("sobel5_x", "sobel5_y", "sobel5_45", "sobel5_135"),
+}
+
+
+def resolve_ops(ops: Sequence[str] | None = None, operators: str | None = None) -> tuple[str, ...]:
+    """The operator names of a bank given as a list (``ops``) or by a bank's name (``operators``).
+
+    Raises :class:`ConfigError` naming the key at fault and the names that would be accepted.
+    """
+    if ops is not None and operators is not None:
+        raise ConfigError(
+            f"perception: give ops (a list of operators) or operators (a bank name), not both; "
+            f"got ops={ops!r}, operators={operators!r}"
+        )
+    if ops is None:
+        bank = "sobel3" if operators is None else operators
+        if not isinstance(bank, str) or bank not in BANKS:
+            raise ConfigError(
+                f"perception.operators={bank!r} is not a named bank; known banks: {', '.join(BANKS)} "
+                f"(or give perception.ops=[...] from the operators {', '.join(OPERATORS)})"
+            )
+        return BANKS[bank]
+    if isinstance(ops, str) or not isinstance(ops, Sequence) or not len(ops):
+        raise ConfigError(
+            f"perception.ops={ops!r} must be a non-empty list of operator names, e.g. [sobel3_x,sobel3_y,laplace3]"
+        )
+    names = tuple(ops)
+    unknown = [o for o in names if not isinstance(o, str) or o not in OPERATORS]
+    if unknown:
+        raise ConfigError(
+            f"perception.ops: unknown operator{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))}; known: {', '.join(OPERATORS)}"
+        )
+    repeated = sorted({o for o in names if names.count(o) > 1})
+    if repeated:
+        raise ConfigError(f"perception.ops names {', '.join(repeated)} more than once; each operator once")
+    return names
+
+
+def bank_kernels(ops: Sequence[str]) -> torch.Tensor:
+    """The ``n x k x k`` kernels of the named operators, in order, each zero-padded (centred) to the largest size."""
+    kernels = [OPERATORS[name].kernel() for name in resolve_ops(ops)]
+    size = max(k.shape[-1] for k in kernels)
+    return torch.stack([F.pad(k, [(size - k.shape[-1]) // 2] * 4) for k in kernels])
+
+
+def _bank(name: str) -> Callable[[], torch.Tensor]:
+    return lambda: bank_kernels(BANKS[name])
+
+
 def sobel3() -> torch.Tensor:
     """3x3 Sobel x, y; divided by 8 so that a unit ramp reads 1."""
-    kx = torch.outer(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([-1.0, 0.0, 1.0])) / 8.0
-    return torch.stack([kx, kx.T])
+    return bank_kernels(BANKS["sobel3"])
 
 
 def sobel5() -> torch.Tensor:
     """5x5 Sobel x, y: smoothing [1,4,6,4,1] x derivative [-1,-2,0,2,1], divided by 128."""
-    kx = (
-        torch.outer(torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]), torch.tensor([-1.0, -2.0, 0.0, 2.0, 1.0]))
-        / 128.0
-    )
-    return torch.stack([kx, kx.T])
+    return bank_kernels(BANKS["sobel5"])
 
 
 def sobel5_diag() -> torch.Tensor:
     """5x5 Sobel at 0, 90, 45 and 135 degrees; the diagonals are the x kernel rotated and re-normalised."""
-    kx, ky = sobel5()
-    k45 = _normalised(_rotate_45(kx, 1), 45.0)
-    k135 = _normalised(_rotate_45(kx, 3), 135.0)
-    return torch.stack([kx, ky, k45, k135])
+    return bank_kernels(BANKS["sobel5_diag"])
 
 
-OPERATOR_SETS = {"sobel3": sobel3, "sobel5": sobel5, "sobel5_diag": sobel5_diag}
-# The direction each operator of a set measures, in degrees (array coordinates).
-OPERATOR_ANGLES = {"sobel3": (0.0, 90.0), "sobel5": (0.0, 90.0), "sobel5_diag": (0.0, 90.0, 45.0, 135.0)}
+# The named banks' kernels, and the direction each of their operators measures (degrees, array coordinates).
+OPERATOR_SETS: dict[str, Callable[[], torch.Tensor]] = {name: _bank(name) for name in BANKS}
+OPERATOR_ANGLES = {name: tuple(OPERATORS[o].angle for o in ops) for name, ops in BANKS.items()}
 
 
 def operator_kernels(name: str, kernel_size: int | None = None, n_ops: int | None = None) -> torch.Tensor:
-    """The ``n_ops x k x k`` operator kernels of set ``name``.
+    """The ``n_ops x k x k`` operator kernels of the named bank ``name``.
 
-    ``name="sobel"`` picks the Sobel set that matches ``kernel_size`` and ``n_ops`` (3x3 or 5x5, 2 or 4
+    ``name="sobel"`` picks the Sobel bank that matches ``kernel_size`` and ``n_ops`` (3x3 or 5x5, 2 or 4
     operators), which is how trainable kernels are initialised.
     """
     if name == "sobel":
@@ -114,16 +293,38 @@ def operator_kernels(name: str, kernel_size: int | None = None, n_ops: int | Non
                 "accepted: (3, 2), (5, 2), (5, 4), or init='random' for any size"
             )
     if name not in OPERATOR_SETS:
-        raise ValueError(f"unknown operator set {name!r}; accepted: {', '.join(sorted(OPERATOR_SETS))}")
+        raise ConfigError(f"unknown operator set {name!r}; accepted: {', '.join(sorted(OPERATOR_SETS))}")
     return OPERATOR_SETS[name]()
 
 
-class Perception(nn.Module):
-    """Shared interface: ``channels`` in, ``out_channels = channels * (1 + n_ops)`` out, same spatial size.
+# --- perceptions ------------------------------------------------------------------------------------------------
 
-    Subclasses provide ``operator_weight()`` (a depthwise weight ``C*n_ops x 1 x k x k``) and may override
-    ``scale_responses``. A new strategy is one subclass plus one config file in ``conf/perception/``.
+
+class Perception(nn.Module):
+    """The perception contract: what a perception gives the rest of ncalab, and all that the rest relies on.
+
+    Users: the NCA's fast path (``ncalab.nca``), the demo export (``ncalab.demo``), the exported-model reader
+    (``ncalab.exported``), checkpoint rebuilding and checks (``ncalab.checkpoint``), logging and the bench.
+
+    - ``channels`` (C), ``n_ops`` (operators per channel), ``kernel_size`` (k, odd) and
+      ``out_channels = C * (1 + n_ops)``.
+    - ``name``: a label for logs, summaries and the demo page; never looked up.
+    - ``ops``: the names of its fixed operators (:data:`OPERATORS`) in response order, or ``()`` when its kernels
+      are learned.
+    - ``operator_weight()``: the depthwise weight ``C*n_ops x 1 x k x k``, channel-major (row ``c*n_ops + o`` is
+      operator ``o`` on channel ``c``), applied with zero padding ``k // 2`` and ``groups=C``.
+    - ``response_scale()``: ``None`` (responses used as they come) or the factor, one per response
+      (``C*n_ops``, same order), that multiplies them; ``scale_responses(r)`` applies it (``r * factor``).
+      Override ``response_scale``; override ``scale_responses`` too only to compute the same product faster.
+    - ``forward(x) = cat([x, scale_responses(depthwise_conv(x, operator_weight()))])``. The fast path computes
+      exactly this from the parts above (in bfloat16 when asked), and the demo export writes those parts. A subclass
+      that overrides ``forward`` is outside the contract: the NCA calls it as it is, the demo cannot export it.
+
+    A new strategy is one subclass (``operator_weight()``, optionally ``response_scale()``) plus one config file in
+    ``conf/perception/``.
     """
+
+    ops: tuple[str, ...] = ()
 
     def __init__(self, channels: int, n_ops: int, kernel_size: int, name: str | None = None):
         super().__init__()
@@ -143,8 +344,12 @@ class Perception(nn.Module):
     def operator_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def response_scale(self) -> torch.Tensor | None:
+        return None
+
     def scale_responses(self, responses: torch.Tensor) -> torch.Tensor:
-        return responses
+        factor = self.response_scale()
+        return responses if factor is None else responses * factor.view(1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Zero padding: outside the grid is empty space, like the padded target.
@@ -152,9 +357,8 @@ class Perception(nn.Module):
         return torch.cat([x, self.scale_responses(responses)], dim=1)
 
     def extra_repr(self) -> str:
-        return (
-            f"name={self.name}, channels={self.channels}, n_ops={self.n_ops}, kernel_size={self.kernel_size}"
-        )
+        ops = f", ops={','.join(self.ops)}" if self.ops else ""
+        return f"name={self.name}, channels={self.channels}, n_ops={self.n_ops}, kernel_size={self.kernel_size}{ops}"
 
 
 def _depthwise(kernels: torch.Tensor, channels: int) -> torch.Tensor:
@@ -164,13 +368,29 @@ def _depthwise(kernels: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 class FixedPerception(Perception):
-    """Identity + a fixed operator set (``sobel3``, ``sobel5``, ``sobel5_diag``); kernels are buffers."""
+    """Identity + a bank of fixed named operators (:data:`OPERATORS`); the kernels are a buffer, never trained.
 
-    def __init__(self, channels: int = 16, operators: str = "sobel3", name: str | None = None):
-        kernels = operator_kernels(operators)
-        super().__init__(
-            channels, n_ops=kernels.shape[0], kernel_size=kernels.shape[-1], name=name or operators
-        )
+    ``ops``: the operators, in response order (``perception=operators perception.ops=[sobel3_x,sobel3_y,laplace3]``).
+    ``operators``: instead, the name of a bank (:data:`BANKS`: ``sobel3``, ``sobel5``, ``sobel5_diag``), as configs
+    and checkpoints written before ``ops`` existed give it; ``FixedPerception(16, "sobel3")`` is
+    ``FixedPerception(16, ops=["sobel3_x", "sobel3_y"])``, bit for bit. Neither: ``sobel3``.
+    Kernels of mixed sizes are zero-padded, centred, to the largest (module docstring).
+    """
+
+    def __init__(
+        self,
+        channels: int = 16,
+        operators: str | None = None,
+        ops: Sequence[str] | None = None,
+        name: str | None = None,
+    ):
+        if ops is None and operators is None:
+            operators = "sobel3"
+        names = resolve_ops(ops, operators)
+        kernels = bank_kernels(names)
+        default_name = operators if operators is not None else "+".join(names)
+        super().__init__(channels, n_ops=len(names), kernel_size=kernels.shape[-1], name=name or default_name)
+        self.ops = names
         self.operators = operators
         self.register_buffer("weight", _depthwise(kernels, channels))
 
@@ -233,7 +453,13 @@ class ScaledPerception(TrainablePerception):
         self.scale_mode = scale
         self.scale = nn.Parameter(torch.full((n_ops if scale == "per_op" else 1,), float(scale_init)))
 
-    def scale_responses(self, responses: torch.Tensor) -> torch.Tensor:
+    def response_scale(self) -> torch.Tensor:
         # Responses are ordered channel-major (c0: op0..opN, c1: ...), so the per-op factor tiles over channels.
+        if self.scale_mode == "per_op":
+            return self.scale.repeat(self.channels)
+        return self.scale.expand(self.channels * self.n_ops)
+
+    def scale_responses(self, responses: torch.Tensor) -> torch.Tensor:
+        # The same product as response_scale() gives; a scalar factor broadcasts without being tiled.
         factor = self.scale.repeat(self.channels) if self.scale_mode == "per_op" else self.scale
         return responses * factor.view(1, -1, 1, 1)

@@ -9,8 +9,9 @@ opens on :data:`DEFAULT_PRETRAINED` (``--pretrained NAME`` picks another) and of
 The page runs the automaton entirely in the browser at full precision (float32 weights, no quantisation):
 WebGL2 (float render targets) on a GPU, plain JavaScript (``Float32Array``) where WebGL2 is missing or only
 emulated in software (SwiftShader, where plain JS is faster); ``?backend=webgl|js`` forces one. Every perception works: the exported weights are the depthwise operator weight exactly as the
-model applies it (``C*n_ops x 1 x k x k``, channel-major), a per-response scale factor (ones for unscaled
-perceptions), and the two 1x1 convolutions of the update network.
+model applies it (``C*n_ops x 1 x k x k``, channel-major; a bank of mixed kernel sizes zero-padded to its largest),
+a per-response scale factor (ones for unscaled perceptions), and the two 1x1 convolutions of the update network:
+the perception contract of ``ncalab.perception.Perception``.
 
 Files written by :func:`export_model` (one model):
 
@@ -36,7 +37,6 @@ import http.server
 import json
 import re
 import shutil
-import socketserver
 import sys
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -49,6 +49,7 @@ from torch import nn
 
 from ncalab.errors import NCALabError
 from ncalab.nca import NCA
+from ncalab.perception import Perception
 
 __all__ = [
     "DEFAULT_PRETRAINED",
@@ -92,29 +93,36 @@ def _update_convs(nca: NCA) -> tuple[nn.Conv2d, nn.Conv2d]:
 
 
 @torch.no_grad()
-def _response_scale(perception, n_responses: int) -> torch.Tensor:
-    """The per-response factor applied by ``scale_responses`` (ones when the perception does not scale).
-
-    Probed with constant inputs, and checked to be a diagonal linear map, which covers every built-in perception.
-    """
-    ones = torch.ones(1, n_responses, 2, 2)
-    factor = perception.scale_responses(ones)
-    if factor.shape != ones.shape:
-        factor = factor.expand_as(ones)
-    twice = perception.scale_responses(2.0 * ones)
-    probe = torch.linspace(-1.0, 1.0, n_responses).view(1, -1, 1, 1).expand_as(ones)
-    if not (
-        torch.allclose(twice, 2.0 * factor)
-        and torch.allclose(perception.scale_responses(probe), probe * factor)
-    ):
-        raise ExportError(f"perception {perception.name!r} scales its responses non-linearly: not exportable")
-    return factor[0, :, 0, 0].float()
+def _response_scale(perception) -> torch.Tensor:
+    """The per-response factor of the perception contract (``response_scale()``; ones when it is None), checked
+    against what ``scale_responses`` computes, so that a perception whose two disagree is refused."""
+    n = perception.channels * perception.n_ops
+    factor = perception.response_scale()
+    factor = torch.ones(n) if factor is None else factor.detach().float().cpu().reshape(-1)
+    if factor.shape != (n,):
+        raise ExportError(
+            f"perception {perception.name!r}: response_scale() has {factor.numel()} values, expected {n}"
+        )
+    probe = torch.linspace(-1.0, 1.0, n).view(1, -1, 1, 1).expand(1, n, 2, 2)
+    applied = perception.scale_responses(probe.to(perception.operator_weight().dtype)).float().cpu()
+    if not torch.allclose(applied, probe * factor.view(1, -1, 1, 1)):
+        raise ExportError(
+            f"perception {perception.name!r}: scale_responses does not multiply by response_scale(); not exportable"
+        )
+    return factor
 
 
 @torch.no_grad()
 def model_tensors(nca: NCA) -> dict[str, torch.Tensor]:
-    """The float32 tensors the browser needs, in the exact layout the PyTorch model applies them."""
+    """The float32 tensors the browser needs, in the exact layout the PyTorch model applies them: the perception
+    contract's ``operator_weight()`` and ``response_scale()`` (``ncalab.perception.Perception``), then the update
+    network. A bank of mixed kernel sizes arrives already zero-padded to its largest size."""
     p = nca.perception
+    if type(p).forward is not Perception.forward:
+        raise ExportError(
+            f"perception {p.name!r} ({type(p).__name__}) computes its own forward: the page runs only what "
+            "operator_weight() and response_scale() describe"
+        )
     kernels = p.operator_weight().detach().float().cpu()
     n = p.channels * p.n_ops
     if kernels.shape != (n, 1, p.kernel_size, p.kernel_size):
@@ -125,7 +133,7 @@ def model_tensors(nca: NCA) -> dict[str, torch.Tensor]:
     hidden = conv1.out_channels
     tensors = {
         "kernels": kernels,
-        "scale": _response_scale(p, n),
+        "scale": _response_scale(p),
         "w1": conv1.weight.detach().float().cpu().reshape(hidden, p.out_channels),
         "b1": (conv1.bias if conv1.bias is not None else torch.zeros(hidden)).detach().float().cpu(),
         "w2": conv2.weight.detach().float().cpu().reshape(nca.channels, hidden),
@@ -248,7 +256,8 @@ def export_model(
             "class": type(p).__name__,
             "n_ops": p.n_ops,
             "kernel_size": p.kernel_size,
-            "scale_mode": getattr(p, "scale_mode", None),
+            "scale_mode": getattr(p, "scale_mode", None),  # a label for the page
+            "ops": list(p.ops) or None,  # a fixed bank's operators, in response order
         },
         "channels": nca.channels,
         "hidden": int(tensors["w1"].shape[0]),
@@ -290,7 +299,7 @@ def _index_entry(name: str, path: str, meta: dict[str, Any], card: bool) -> dict
     return {
         "name": name,
         "path": path,
-        "perception": {k: perception.get(k) for k in ("name", "n_ops", "kernel_size", "scale_mode")},
+        "perception": {k: perception.get(k) for k in ("name", "n_ops", "kernel_size", "scale_mode", "ops")},
         "grid": meta.get("grid"),
         "channels": meta.get("channels"),
         "hidden": meta.get("hidden"),
@@ -432,15 +441,10 @@ class _QuietHandler(_Handler):
         pass
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
 def make_server(folder: str | Path, port: int = 8000, host: str = "127.0.0.1", quiet: bool = True):
     """An HTTP server for ``folder`` on ``host:port`` (port 0 picks a free one); call ``serve_forever()``."""
     handler = functools.partial(_QuietHandler if quiet else _Handler, directory=str(folder))
-    return _Server((host, port), handler)
+    return http.server.ThreadingHTTPServer((host, port), handler)  # a thread per request, daemon threads
 
 
 def url_of(server) -> str:

@@ -79,9 +79,11 @@
     return model.meta.target ? new URL(model.meta.target, model.baseUrl || location.href).href : null;
   }
 
+  // e.g. "operators: 3 operators, 5x5 (sobel3_x, sobel3_y, laplace5)": a bank of mixed sizes runs at its largest.
   function perceptionText(pr) {
     return pr.name + ': ' + pr.n_ops + (pr.n_ops === 1 ? ' operator' : ' operators') + ', ' +
-      pr.kernel_size + 'x' + pr.kernel_size + (pr.scale_mode ? ', scale ' + pr.scale_mode : '');
+      pr.kernel_size + 'x' + pr.kernel_size + (pr.scale_mode ? ', scale ' + pr.scale_mode : '') +
+      (pr.ops && pr.ops.length ? ' (' + pr.ops.join(', ') + ')' : '');
   }
 
   function optionLabel(e) {

@@ -4,6 +4,8 @@
 // One step (as ncalab.nca.NCA.step):
 //   pre  = maxpool3x3(alpha) > alive_threshold
 //   p    = [x, depthwise_conv(x, kernels, zero padding) * scale]   (responses channel-major: c0 op0..opN-1, c1 ...)
+//          (every operator is k x k: the export zero-pads the smaller kernels of a mixed-size bank, centred, to the
+//          largest, so a 3x3 operator in a 5x5 bank computes exactly what it computes alone)
 //   dx   = W2 relu(W1 p + b1) + b2;  x' = x + dx * fire
 //   post = maxpool3x3(alpha') > alive_threshold;  x' *= pre & post
 // Only cells within 2 of a live cell (5x5 max of alpha > threshold) can survive or affect a survivor, so others
