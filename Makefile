@@ -8,8 +8,9 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 PIP_QUIET := --quiet --disable-pip-version-check
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format clean targets compare bench demo
+.PHONY: help install train test lint format clean targets compare bench demo gpu-check
 SWEEP ?= $(lastword $(sort $(wildcard outputs/multirun/*)))
+GPU_CHECK_OUT ?= $(if $(OUT),$(OUT),outputs/gpu_check/$(shell date +%Y-%m-%d_%H-%M-%S))
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +35,9 @@ compare: install ## report.html for a sweep: make compare SWEEP=outputs/multirun
 
 bench: install ## time training iterations against a plain baseline: make bench ARGS="--sizes 72 --steps 16"
 	$(PY) -m ncalab.bench $(ARGS)
+
+gpu-check: install ## on CUDA, < 9 min: bench at 128x128 + the 5 source experiments, short (CPU: tiny); OUT=<dir>
+	$(PY) -m ncalab.gpu_check --out $(GPU_CHECK_OUT) $(ARGS)
 
 demo: install ## serve the browser demo on 127.0.0.1:8000 (CKPT=<checkpoint or folder>; default: every shipped model)
 	$(PY) -m ncalab.demo serve $(CKPT) $(ARGS)

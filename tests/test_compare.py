@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -117,8 +119,8 @@ def test_main_prints_aligned_table_with_hand_computed_aggregates(sweep, capsys):
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("job"))
     columns = (
-        "job overrides status train_loss eval_loss psnr_db ssim loss@long holds_steps regrown/5 steps<thr diverged "
-        "wall_s s/iter steps params"
+        "job overrides status train_loss eval_loss psnr_db ssim loss@long grown holds_steps regrown/5 steps<thr "
+        "diverged wall_s s/iter steps params"
     ).split()
     assert header.split() == columns
     row1_line = next(line for line in lines if line.startswith("1 "))
@@ -245,4 +247,106 @@ def test_summary_holds_steps_and_regrown_show_in_the_table(sweep, capsys):
     assert (row0[holds + 1], row0[regrown + 1]) == ("2,000", "3")
     assert (row1[holds + 1], row1[regrown + 1]) == ("500", "0")
     agg = next(line for line in lines if line.startswith("perception=sobel3 "))
-    assert "1,250 ± 1.1e+03" in agg and "1.5 ± 2.1" in agg
+    assert "1,250 ± 1,061" in agg and "1.5 ± 2.1" in agg
+    assert (row0[header.index("grown") + 1], row1[header.index("grown") + 1]) == ("yes", "-")
+
+
+def markdown_rows(text: str, heading: str) -> list[list[str]]:
+    """The cells of the Markdown table under ``heading``: header first, separator dropped."""
+    lines = text.splitlines()
+    start = lines.index(heading)
+    table = []
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            table.append([c.strip() for c in line.strip("|").split(" | ")])
+        elif table:
+            break
+    assert set("".join(table[1])) <= set("-|"), "no separator row under the header"
+    return [table[0], *table[2:]]
+
+
+def test_markdown_tables_pool_seeds_over_every_column(sweep, capsys):
+    """README tables come straight from ``--markdown``: one row per run, then mean ± std over seeds."""
+    for job, extra in (
+        ("0", dict(holds_steps=2000, grown=True, regrown=3)),
+        ("1", dict(holds_steps=500, grown=False, regrown=0)),
+    ):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        summary.update(extra, ssim=0.9 if job == "0" else 0.7)
+        (sweep / job / "summary.json").write_text(json.dumps(summary))
+    code, out, err = run_main(capsys, sweep, "--markdown")
+    assert code == 0, err
+    runs = markdown_rows(out, "### Runs")
+    header = runs[0]
+    assert header[:3] == ["job", "overrides", "status"] and "holds_steps" in header and "regrown/5" in header
+    assert len(runs) == 1 + 6 and all(len(r) == len(header) for r in runs)
+    row0 = dict(zip(header, runs[1], strict=True))
+    assert row0["overrides"] == "`perception=sobel3 seed=0`"
+    assert (row0["holds_steps"], row0["regrown/5"], row0["grown"], row0["psnr_db"]) == (
+        "2,000",
+        "3",
+        "yes",
+        "30.00",
+    )
+
+    groups = markdown_rows(out, "### Mean ± sample std over seeds (finished runs)")
+    gh = groups[0]
+    assert gh[:2] == ["group (seeds pooled)", "runs"]
+    assert len(gh) == 2 + len(header) - 3  # every per-run column, pooled
+    sobel3 = dict(zip(gh, groups[1], strict=True))
+    assert sobel3["group (seeds pooled)"] == "`perception=sobel3`"
+    assert sobel3["runs"] == "2 finished, 1 unfinished"
+    # hand-computed over seeds 0 and 1: holds 2000, 500; regrown 3, 0; ssim 0.9, 0.7; PSNR 30, 28
+    assert sobel3["holds_steps"] == "1,250 ± 1,061"
+    assert sobel3["regrown/5"] == "1.5 ± 2.1"
+    assert sobel3["ssim"] == "0.8 ± 0.14"
+    assert sobel3["psnr_db"] == "29.00 ± 1.4"
+    assert sobel3["grown"] == "1/2"
+    assert (sobel3["s/iter"], sobel3["steps"], sobel3["params"]) == ("0.25 ± 0", "8 ± 0", "8,336 ± 0")
+    assert f"- job 4 failed: {ERROR}" in out
+    assert "wall_s" in gh and "steps<thr" in gh
+
+
+def test_overrides_every_run_shares_are_said_once(tmp_path, capsys):
+    """A sweep started with experiment=...: the groups are told apart by what differs, not by the shared part."""
+    root = tmp_path / "sweep"
+    jobs = [("sobel3", 0, 0.002), ("sobel3", 1, 0.004), ("sobel5", 0, 0.001), ("sobel5", 1, 0.003)]
+    for job, (perception, seed, loss) in enumerate(jobs):
+        overrides = [f"perception={perception}", f"seed={seed}", "experiment=seed_comparison_cpu"]
+        write_job(root / str(job), overrides, "finished", dict(train_loss=loss, psnr=20.0 + job))
+    code, out, err = run_main(capsys, root, "--markdown")
+    assert code == 0, err
+    assert out.startswith("All runs: `experiment=seed_comparison_cpu`.")
+    labels = [r[0] for r in markdown_rows(out, "### Mean ± sample std over seeds (finished runs)")[1:]]
+    assert labels == ["`perception=sobel3`", "`perception=sobel5`"]
+    assert [r[1] for r in markdown_rows(out, "### Runs")[1:]] == [
+        f"`perception={p} seed={s}`" for p, s, _ in jobs
+    ]
+    code, out, _ = run_main(capsys, root)  # the text table says the same
+    assert "(all runs: experiment=seed_comparison_cpu)" in out
+    assert any(
+        line.startswith("perception=sobel5 ") and "0.002 ± 0.0014" in line for line in out.splitlines()
+    )
+
+
+def test_a_single_group_keeps_its_whole_label(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        write_job(root / str(seed), ["experiment=smoke", f"seed={seed}"], "finished", dict(train_loss=0.01))
+    code, out, _ = run_main(capsys, root, "--markdown")
+    assert code == 0
+    assert "All runs:" not in out
+    assert (
+        markdown_rows(out, "### Mean ± sample std over seeds (finished runs)")[1][0] == "`experiment=smoke`"
+    )
+
+
+def test_compare_does_not_import_the_training_code():
+    code = (
+        "import sys, ncalab.compare; "
+        "heavy = [m for m in ('lightning', 'ncalab.train', 'ncalab.lit_module', 'ncalab.callbacks', 'wandb') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

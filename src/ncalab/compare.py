@@ -3,7 +3,8 @@
 Reads only what the runs wrote (``status.json``, ``summary.json``, ``evaluation.json``,
 ``csv/version_N/metrics.csv``, ``final.png``, videos, ``.hydra/overrides.yaml``), writes one self-contained
 ``report.html`` (images and videos as data URIs, loss curves as inline SVG) and prints the same numbers as a
-plain-text table.
+plain-text table, or as Markdown tables (``--markdown``, for a README): a row per run, then the runs that differ
+only by ``seed=`` pooled, mean ± sample std over seeds of every number.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ RUN_COLUMNS = (
     ("psnr", "psnr_db", "psnr"),
     ("ssim", "ssim", "float"),
     ("long_run_loss", "loss@long", "float"),
+    ("grown", "grown", "bool"),
     ("holds_steps", "holds_steps", "int"),
     ("regrown", "regrown/5", "int"),
     ("steps_to_threshold", "steps<thr", "int"),
@@ -45,18 +47,8 @@ RUN_COLUMNS = (
     ("steps", "steps", "int"),
     ("parameters", "params", "int"),
 )
-AGGREGATE_KEYS = (
-    "train_loss",
-    "eval_loss",
-    "psnr",
-    "ssim",
-    "long_run_loss",
-    "holds_steps",
-    "regrown",
-    "steps_to_threshold",
-    "divergences",
-    "wall_time_s",
-)
+# Every column is pooled over seeds (a yes/no column as the count of yes).
+AGGREGATE_KEYS = tuple(key for key, _, _ in RUN_COLUMNS)
 # The train loss a run must reach for ``steps_to_threshold`` (``--threshold``).
 LOSS_THRESHOLD = 0.01
 MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4", ".webm": "video/webm"}
@@ -98,8 +90,11 @@ class RunRecord:
         return tuple(o for o in self.overrides if _override_key(o) != "seed")
 
     def metric(self, key: str) -> float | None:
-        """A summary number; for runs without a summary, the last logged train loss and step."""
-        value = _number(self.summary.get(key, self.derived.get(key)))
+        """A summary number (a yes/no as 1/0); for runs without a summary, the last logged train loss and step."""
+        raw = self.summary.get(key, self.derived.get(key))
+        if isinstance(raw, bool):
+            return float(raw)
+        value = _number(raw)
         if value is None and not self.summary and self.curve:
             # A failed or killed run has no summary: how far it got is still worth showing.
             if key == "train_loss":
@@ -127,6 +122,10 @@ class Group:
     @property
     def label(self) -> str:
         return " ".join(self.overrides) or "(defaults)"
+
+    def short_label(self, common: tuple[str, ...]) -> str:
+        """The overrides that set this group apart (``common``: those every run of the sweep shares)."""
+        return " ".join(o for o in self.overrides if o not in common) or self.label
 
     @property
     def counts(self) -> dict[str, int]:
@@ -363,6 +362,15 @@ def aggregate(runs: list[RunRecord]) -> list[Group]:
     return groups
 
 
+def common_overrides(groups: list[Group]) -> tuple[str, ...]:
+    """The overrides (seed aside) that every run shares, such as the sweep's ``experiment=``; none for a
+    single group, whose label is then all of them."""
+    if len(groups) < 2:
+        return ()
+    shared = set(groups[0].overrides).intersection(*(g.overrides for g in groups[1:]))
+    return tuple(o for o in groups[0].overrides if o in shared)
+
+
 def mean_std(values: list[float | None]) -> Stat | None:
     """Mean and sample std of the values that are numbers (NaN and missing dropped; inf kept)."""
     xs = [float(v) for v in values if v is not None and not math.isnan(v)]
@@ -386,6 +394,8 @@ def format_value(value: float | None, kind: str) -> str:
         return "inf" if value > 0 else "-inf"
     if kind == "int":
         return f"{int(value):,}"
+    if kind == "bool":
+        return "yes" if value else "no"
     if kind == "float1":
         return f"{value:,.1f}"
     if kind == "psnr":
@@ -398,11 +408,18 @@ def format_value(value: float | None, kind: str) -> str:
 def format_stat(stat: Stat | None, kind: str) -> str:
     if stat is None:
         return "-"
+    if kind == "bool":  # how many of the runs: 2/3 grown
+        return f"{round(stat.mean * stat.n)}/{stat.n}"
     # A mean of counts need not be whole: 1.5 regions regrown, not 1.
     mean = format_value(stat.mean, "float1" if kind == "int" and not float(stat.mean).is_integer() else kind)
     if math.isnan(stat.std):
         return mean
-    return f"{mean} ± {stat.std:.2g}"
+    return f"{mean} ± {format_std(stat.std)}"
+
+
+def format_std(std: float) -> str:
+    """Two significant digits, without an exponent from 100 up (1,061, not 1.1e+03)."""
+    return f"{std:,.0f}" if std >= 100 else f"{std:.2g}"
 
 
 def format_counts(group: Group) -> str:
@@ -419,13 +436,10 @@ def format_table(runs: list[RunRecord], groups: list[Group]) -> str:
     ]
     parts = [_align(header, rows, left=3)]
 
-    kinds = {key: kind for key, _, kind in RUN_COLUMNS}
-    agg_header = ["group (seeds pooled)", "runs", *(h for key, h, _ in RUN_COLUMNS if key in AGGREGATE_KEYS)]
-    agg_rows = [
-        [g.label, format_counts(g)] + [format_stat(g.stats[k], kinds[k]) for k in AGGREGATE_KEYS]
-        for g in groups
-    ]
-    parts.append("mean ± sample std over finished runs\n" + _align(agg_header, agg_rows, left=2))
+    common = common_overrides(groups)
+    agg_header, agg_rows = _group_rows(groups, common)
+    title = "mean ± sample std over finished runs" + (f" (all runs: {' '.join(common)})" if common else "")
+    parts.append(title + "\n" + _align(agg_header, agg_rows, left=2))
 
     if any(not r.summary and r.curve for r in runs):
         parts[0] += "\n(runs without summary.json show their last logged train loss and step)"
@@ -433,6 +447,51 @@ def format_table(runs: list[RunRecord], groups: list[Group]) -> str:
     if errors:
         parts.append("errors:\n" + "\n".join(errors))
     return "\n\n".join(parts) + "\n"
+
+
+def _group_rows(groups: list[Group], common: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
+    kinds = {key: kind for key, _, kind in RUN_COLUMNS}
+    header = ["group (seeds pooled)", "runs", *(h for key, h, _ in RUN_COLUMNS if key in AGGREGATE_KEYS)]
+    rows = [
+        [g.short_label(common), format_counts(g)]
+        + [format_stat(g.stats[k], kinds[k]) for k in AGGREGATE_KEYS]
+        for g in groups
+    ]
+    return header, rows
+
+
+def format_markdown(runs: list[RunRecord], groups: list[Group]) -> str:
+    """The same two tables as :func:`format_table`, in Markdown: per-run rows, then mean ± std over seeds."""
+    common = common_overrides(groups)
+    header = ["job", "overrides", "status", *(h for _, h, _ in RUN_COLUMNS)]
+    rows = [
+        [run.job, f"`{' '.join(o for o in run.overrides if o not in common) or '(defaults)'}`", run.status]
+        + [format_value(run.metric(key), kind) for key, _, kind in RUN_COLUMNS]
+        for run in runs
+    ]
+    agg_header, agg_rows = _group_rows(groups, common)
+    agg_rows = [[f"`{r[0]}`", *r[1:]] for r in agg_rows]
+    parts = [f"All runs: `{' '.join(common)}`.", ""] if common else []
+    parts += ["### Runs", "", _markdown_table(header, rows)]
+    if any(not r.summary and r.curve for r in runs):
+        parts += ["", "Runs without summary.json show their last logged train loss and step."]
+    parts += [
+        "",
+        "### Mean ± sample std over seeds (finished runs)",
+        "",
+        _markdown_table(agg_header, agg_rows),
+    ]
+    errors = [f"- job {r.job} {r.status}: {r.error}" for r in runs if r.error]
+    if errors:
+        parts += ["", "Errors:", "", *errors]
+    return "\n".join(parts) + "\n"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])
 
 
 def _align(header: list[str], rows: list[list[str]], left: int) -> str:
@@ -718,6 +777,11 @@ def main(argv: list[str] | None = None) -> int:
         help="images and videos larger than this are not embedded (default: 20)",
     )
     parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the tables as Markdown (per run, then mean ± std over seeds) instead of aligned text",
+    )
+    parser.add_argument(
         "--threshold",
         type=float,
         default=LOSS_THRESHOLD,
@@ -755,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"ncalab.compare: cannot write {output}: {exc}", file=sys.stderr)
         return 1
-    print(format_table(runs, groups), end="")
+    print(format_markdown(runs, groups) if args.markdown else format_table(runs, groups), end="")
     print(f"\nwrote {output}")
     return 0
 
