@@ -330,3 +330,32 @@ def test_cli_prints_and_writes_the_evaluation(smoke_checkpoint):
     videos = smoke_checkpoint.parent / "last_videos"
     assert (videos / "growth.mp4").is_file()
     assert len(list(videos.glob("regeneration_*.mp4"))) == 5
+
+
+def test_the_centre_cut_is_half_the_pattern_not_half_the_grid():
+    """On a small pattern in a wide grid, the centre cut takes the middle of the pattern (about a quarter of its box,
+    as a half cut takes half), not the whole of it; without a box it is the middle of the grid."""
+    from ncalab.data import load_target
+    from ncalab.media import cut_region, pattern_box
+
+    target = load_target("flower", 24, 6)  # 36x36 grid
+    box = pattern_box(target)
+    assert box == (6, 30, 6, 30)
+    x = torch.ones(1, 16, 36, 36)
+    cut = cut_region(x, "center", box)
+    rows, cols = (cut[0, 3] == 0).nonzero(as_tuple=True)
+    assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (12, 23, 12, 23)
+    assert bool((cut[0, :, rows, cols] == 0).all()) and int((cut[0, 3] == 0).sum()) == 144
+    inside = target[3] > 0
+    kept = float((cut[0, 3].bool() & inside).sum()) / float(inside.sum())
+    half = float((cut_region(x, "left", box)[0, 3].bool() & inside).sum()) / float(inside.sum())
+    assert 0.4 < half < 0.6 and 0.45 < kept < 0.9
+    whole = cut_region(x, "center")  # the grid's middle half, as before boxes
+    assert int((whole[0, 3] == 0).sum()) == 18 * 18 and bool((whole[0, 3, 9:27, 9:27] == 0).all())
+    assert pattern_box(torch.zeros(4, 5, 7)) == (0, 5, 0, 7)
+
+
+def test_evaluation_cuts_the_centre_of_the_pattern(smoke_checkpoint):
+    result = evaluate_model(smoke_checkpoint, **SMALL)
+    top, bottom, left, right = result["regeneration"]["pattern_box"]
+    assert 0 <= top < bottom and 0 <= left < right

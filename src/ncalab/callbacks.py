@@ -22,7 +22,15 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
 from ncalab.evaluate import LONG_RUN_STEPS, measure_nca, parse_steps
-from ncalab.media import cut_region, eval_mode, frames_uint8, pool_grid, record_rollout, write_video
+from ncalab.media import (
+    cut_region,
+    eval_mode,
+    frames_uint8,
+    pattern_box,
+    pool_grid,
+    record_rollout,
+    write_video,
+)
 from ncalab.rundirs import HEARTBEAT_S, this_host
 
 log = logging.getLogger("ncalab")
@@ -519,7 +527,10 @@ class RolloutMedia(L.Callback):
         with eval_mode(pl_module.nca) as nca:
             grown, growth = record_rollout(nca, nca.seed(1, h, w), self.growth_steps, self.frame_every)
             _, regrowth = record_rollout(
-                nca, cut_region(grown, self.region), self.regrow_steps, self.frame_every
+                nca,
+                cut_region(grown, self.region, pattern_box(dm.target)),
+                self.regrow_steps,
+                self.frame_every,
             )
         files = {
             "growth": write_video(

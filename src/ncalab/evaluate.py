@@ -28,7 +28,15 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ncalab.data import load_target, per_sample_loss, psnr
 from ncalab.errors import NCALabError
-from ncalab.media import REGIONS, cut_region, eval_mode, frames_uint8, record_rollout, write_video
+from ncalab.media import (
+    REGIONS,
+    cut_region,
+    eval_mode,
+    frames_uint8,
+    pattern_box,
+    record_rollout,
+    write_video,
+)
 from ncalab.nca import NCA, to_rgb
 
 __all__ = [
@@ -278,8 +286,10 @@ def _measure(
         "grown": is_grown,
     }
     regrown = 0
+    box = pattern_box(target)
+    regeneration["pattern_box"] = list(box)  # top, bottom, left, right: the centre cut is half its size
     for region in REGIONS:
-        damaged = cut_region(base, region)
+        damaged = cut_region(base, region, box)
         _, frames = record_rollout(nca, damaged, regrow_steps, seed=seed + 1)
         curve = [float(per_sample_loss(f, target).mean()) for f in frames]  # frame i = after i regrow steps
         recovered = next((i for i, v in enumerate(curve) if i > 0 and v <= threshold), None)

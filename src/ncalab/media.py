@@ -40,8 +40,23 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 24) -> Path:
     return path
 
 
-def cut_region(x: torch.Tensor, region: str) -> torch.Tensor:
-    """Zero every channel of ``region`` (left/right/top/bottom half, or a central square of half the size)."""
+def pattern_box(target: torch.Tensor) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` (bottom/right exclusive) of the cells where the target's alpha is above 0;
+    the whole grid for an empty target."""
+    alpha = target[..., 3, :, :] if target.dim() >= 3 else target
+    while alpha.dim() > 2:
+        alpha = alpha.amax(0)
+    ys, xs = (alpha > 0).nonzero(as_tuple=True)
+    if len(ys) == 0:
+        return 0, alpha.shape[0], 0, alpha.shape[1]
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def cut_region(x: torch.Tensor, region: str, box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Zero every channel of ``region``: the left/right/top/bottom half of the grid, or ``center``: a square of half
+    the pattern's size at its centre (``box`` = ``(top, bottom, left, right)`` of the pattern, e.g.
+    :func:`pattern_box` of the target; default the whole grid). Each cut takes about half of a centred pattern; a
+    centre square of half the *grid* would take nearly all of it when the padding is small."""
     if region not in REGIONS:
         raise ValueError(f"unknown region {region!r}; accepted: {', '.join(REGIONS)}")
     h, w = x.shape[-2:]
@@ -55,7 +70,11 @@ def cut_region(x: torch.Tensor, region: str) -> torch.Tensor:
     elif region == "bottom":
         x[..., h // 2 :, :] = 0
     else:
-        x[..., h // 4 : h - h // 4, w // 4 : w - w // 4] = 0
+        top, bottom, left, right = box if box is not None else (0, h, 0, w)
+        size = max(1, round(min(bottom - top, right - left) / 2))
+        y0 = round((top + bottom - size) / 2)
+        x0 = round((left + right - size) / 2)
+        x[..., y0 : y0 + size, x0 : x0 + size] = 0
     return x
 
 
