@@ -107,7 +107,7 @@ def bank_job(seed: int) -> Job:
         min_steps=32,
         max_steps=48,
         backprop_steps=None,
-        train_steps=1500,
+        train_steps=1200,
         seed=seed,
         target="flower",
         target_size=24,
