@@ -1,11 +1,12 @@
-"""The optimised NCA step computes the same rollout as a straightforward reference, in fp32 and bf16, with and
-without gradient checkpointing; the bench's baseline computes the same rollout too."""
+"""The fast path (``NCA.step``, ``ncalab.fast_step``) computes the rule of ``NCA.plain_step``: the same rollout
+with the same random fire masks and the same gradients (fp32: to rounding, rtol 1e-5 on states and 1e-4 on
+gradients; bf16: states within rtol 0.05 / atol 0.03 and gradients within 5% relative norm), with and without
+gradient checkpointing and the live-cells-only gather; the bench's baseline computes the same rollout too."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ncalab.bench import BaselineNCA
@@ -42,24 +43,10 @@ def random_state(batch: int = 2, size: int = 12, seed: int = 1) -> torch.Tensor:
     return x
 
 
-def reference_step(nca: NCA, x: torch.Tensor) -> torch.Tensor:
-    """The step written out plainly: NCHW, perception module, 1x1 convs, autograd for everything."""
-
-    def alive(s):
-        return F.max_pool2d(s[:, ALPHA : ALPHA + 1], kernel_size=3, stride=1, padding=1) > nca.alive_threshold
-
-    pre = alive(x)
-    dx = nca.update(nca.perception(x))
-    if nca.fire_rate < 1.0:
-        fire = torch.rand(x.shape[0], 1, x.shape[2], x.shape[3]) < nca.fire_rate
-        dx = dx * fire.float()
-    x = x + dx
-    return x * (pre & alive(x)).float()
-
-
-def reference_rollout(nca: NCA, x: torch.Tensor, steps: int) -> torch.Tensor:
+def plain_rollout(nca: NCA, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """``nca.rollout(x, steps)`` with the plain step."""
     for _ in range(steps):
-        x = reference_step(nca, x)
+        x = nca.plain_step(x)
     return x
 
 
@@ -74,7 +61,7 @@ def grads(model: nn.Module, out: torch.Tensor) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("sparse_below", [0.0, 1.0], ids=["dense", "live-cells-only"])
 @pytest.mark.parametrize("name", sorted(PERCEPTIONS))
-def test_fast_rollout_and_gradients_match_reference(name, sparse_below):
+def test_fast_rollout_and_gradients_match_the_plain_step(name, sparse_below):
     nca = make_nca(name)
     nca.sparse_below = sparse_below  # 0: every cell through the update network; 1: only cells near live ones
     x = random_state()
@@ -83,12 +70,40 @@ def test_fast_rollout_and_gradients_match_reference(name, sparse_below):
     fast = nca.rollout(x, 6)
     fast_grads = grads(nca, fast)
     torch.manual_seed(7)
-    ref = reference_rollout(nca, x, 6)
-    ref_grads = grads(nca, ref)
-    assert 0.05 < (ref != 0).float().mean() < 1  # live and dead cells: the masks matter
-    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
-    for a, b in zip(fast_grads, ref_grads, strict=True):
+    plain = plain_rollout(nca, x, 6)
+    plain_grads = grads(nca, plain)
+    assert 0.05 < (plain != 0).float().mean() < 1  # live and dead cells: the masks matter
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fast_grads, plain_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fire_rate", [0.5, 1.0])
+def test_fast_and_plain_step_draw_the_same_fire_mask_from_the_random_state(fire_rate):
+    nca = make_nca("sobel3", fire_rate=fire_rate)
+    x = torch.ones(2, CHANNELS, 16, 16)  # alive before and after: the cells that change are those that fired
+    with torch.no_grad():
+        nca.update[-1].weight.zero_()
+        nca.update[-1].bias.fill_(1.0)  # dx = 1 in every channel of every cell
+    torch.manual_seed(5)
+    fast = nca.step(x)
+    after_fast = torch.rand(3)
+    torch.manual_seed(5)
+    plain = nca.plain_step(x)
+    after_plain = torch.rand(3)
+    fired = (fast != x).any(dim=1)
+    assert torch.equal(fired, (plain != x).any(dim=1))
+    assert fired.float().mean().item() == pytest.approx(fire_rate, abs=0.08)
+    assert torch.equal(after_fast, after_plain)  # both consumed the same random numbers (none at rate 1)
+    torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_fire_rate_argument_overrides_the_model_rate_in_both_steps():
+    nca = make_nca("sobel3", fire_rate=0.5)
+    x = random_state()
+    torch.testing.assert_close(
+        nca.step(x, fire_rate=1.0), nca.plain_step(x, fire_rate=1.0), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", sorted(PERCEPTIONS))
@@ -104,16 +119,16 @@ def test_bench_baseline_computes_the_same_rollout(name):
 
 
 @pytest.mark.parametrize("name", ["sobel3", "trainable"])
-def test_fast_path_without_last_layer_bias_matches_reference(name):
+def test_fast_path_without_last_layer_bias_matches_the_plain_step(name):
     nca = make_nca(name, update_bias=False)
     assert nca.update[-1].bias is None
     x = random_state()
     torch.manual_seed(3)
     out = nca.rollout(x.clone(), 6)
     torch.manual_seed(3)
-    ref = reference_rollout(nca, x.clone(), 6)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads(nca, out), grads(nca, ref), strict=True):
+    plain = plain_rollout(nca, x.clone(), 6)
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads(nca, out), grads(nca, plain), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -127,18 +142,18 @@ def test_step_accepts_any_memory_layout():
 
 
 @pytest.mark.parametrize("name", ["sobel3", "sobel5_diag", "scaled"])
-def test_bf16_rollout_is_close_to_fp32_reference(name):
+def test_bf16_rollout_is_close_to_the_fp32_plain_step(name):
     nca = make_nca(name, precision="bf16")
     x = random_state()
     torch.manual_seed(7)
     low = nca.rollout(x, 6)
     torch.manual_seed(7)
-    ref = reference_rollout(nca, x, 6)
+    plain = plain_rollout(nca, x, 6)  # the plain step runs in the state's dtype, fp32, whatever the precision
     assert low.dtype == torch.float32  # the state stays fp32; only perception and update run in bf16
-    torch.testing.assert_close(low, ref, rtol=0.05, atol=0.03)
+    torch.testing.assert_close(low, plain, rtol=0.05, atol=0.03)
     low_grads = grads(nca, low)
-    ref_grads = grads(nca, ref)
-    for a, b in zip(low_grads, ref_grads, strict=True):
+    plain_grads = grads(nca, plain)
+    for a, b in zip(low_grads, plain_grads, strict=True):
         assert a.dtype == torch.float32
         rel = (a - b).norm() / (b.norm() + 1e-12)
         assert rel < 0.05
@@ -159,41 +174,54 @@ def test_autocast_bf16_uses_the_same_low_precision_path():
 @pytest.mark.parametrize("name", ["sobel3", "trainable", "scaled"])
 @pytest.mark.parametrize("every", [1, 2, 4])
 def test_checkpointing_gives_the_same_rollout_and_gradients(name, every):
-    plain, ckpt = make_nca(name), make_nca(name, checkpoint_every=every)
+    whole, ckpt = make_nca(name), make_nca(name, checkpoint_every=every)
     x = random_state()
     torch.manual_seed(11)
-    out_plain = plain.rollout(x, 7)
-    g_plain = grads(plain, out_plain)
+    out_whole = whole.rollout(x, 7)
+    g_whole = grads(whole, out_whole)
     torch.manual_seed(11)
     out_ckpt = ckpt.rollout(x, 7)
     g_ckpt = grads(ckpt, out_ckpt)
-    torch.testing.assert_close(out_ckpt, out_plain, rtol=0, atol=0)
-    for a, b in zip(g_ckpt, g_plain, strict=True):
+    torch.testing.assert_close(out_ckpt, out_whole, rtol=0, atol=0)
+    for a, b in zip(g_ckpt, g_whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_checkpointing_with_truncated_backprop_matches_plain():
-    plain, ckpt = make_nca("trainable"), make_nca("trainable", checkpoint_every=2)
+def test_checkpointing_with_truncated_backprop_matches_the_whole_rollout():
+    whole, ckpt = make_nca("trainable"), make_nca("trainable", checkpoint_every=2)
     x = random_state()
     torch.manual_seed(5)
-    g_plain = grads(plain, plain.rollout(x, 8, backprop_steps=5))
+    g_whole = grads(whole, whole.rollout(x, 8, backprop_steps=5))
     torch.manual_seed(5)
     g_ckpt = grads(ckpt, ckpt.rollout(x, 8, backprop_steps=5))
-    for a, b in zip(g_ckpt, g_plain, strict=True):
+    for a, b in zip(g_ckpt, g_whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpointed_truncated_rollout_matches_the_plain_step():
+    nca, ckpt = make_nca("trainable"), make_nca("trainable", checkpoint_every=2)
+    x = random_state()
+    torch.manual_seed(5)
+    g_ckpt = grads(ckpt, ckpt.rollout(x, 8, backprop_steps=5))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        prefix = plain_rollout(nca, x, 3)
+    g_plain = grads(nca, plain_rollout(nca, prefix, 5))
+    for a, b in zip(g_ckpt, g_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_checkpointing_with_bf16_matches_bf16():
-    plain, ckpt = (
+    whole, ckpt = (
         make_nca("sobel3", precision="bf16"),
         make_nca("sobel3", precision="bf16", checkpoint_every=3),
     )
     x = random_state()
     torch.manual_seed(5)
-    g_plain = grads(plain, plain.rollout(x, 6))
+    g_whole = grads(whole, whole.rollout(x, 6))
     torch.manual_seed(5)
     g_ckpt = grads(ckpt, ckpt.rollout(x, 6))
-    for a, b in zip(g_ckpt, g_plain, strict=True):
+    for a, b in zip(g_ckpt, g_whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
@@ -206,7 +234,7 @@ def test_perception_with_its_own_forward_is_used_as_is():
     nca = NCA(Doubled(CHANNELS), channels=CHANNELS, hidden=HIDDEN, fire_rate=1.0)
     nn.init.normal_(nca.update[-1].weight, std=0.1)
     x = random_state()
-    torch.testing.assert_close(nca.step(x), reference_step(nca, x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nca.step(x), nca.plain_step(x), rtol=1e-5, atol=1e-5)
     assert isinstance(nca.perception, Perception)
 
 

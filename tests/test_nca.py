@@ -1,4 +1,7 @@
-"""Tests for ncalab.nca: alive mask, seed, zero-initialised update, stochastic firing, rollout, truncated backprop."""
+"""Tests for ncalab.nca: alive mask, seed, zero-initialised update, stochastic firing, rollout, truncated backprop.
+
+The step mechanics are checked on both ``NCA.plain_step`` (the rule) and ``NCA.step`` (the fast path that
+training uses); tests/test_fast_path.py compares the two value for value."""
 
 from __future__ import annotations
 
@@ -44,6 +47,10 @@ def random_state(batch: int = 2, size: int = 16, seed: int = 1) -> torch.Tensor:
     alive = torch.rand(batch, size, size, generator=g) < 0.08
     x[:, ALPHA] = torch.where(alive, 0.5 + 0.5 * x[:, ALPHA], 0.09 * x[:, ALPHA])
     return x
+
+
+# Both ways a model steps: the rule written plainly and the fast path.
+STEP_METHODS = pytest.mark.parametrize("method", ["plain_step", "step"])
 
 
 def parameter_grads(nca: NCA, out: torch.Tensor) -> list[torch.Tensor]:
@@ -121,20 +128,22 @@ def test_last_update_layer_is_zero_initialised():
     assert torch.count_nonzero(nca.update[0].weight) > 0  # only the last layer is zeroed
 
 
-def test_untrained_step_leaves_seed_unchanged():
+@STEP_METHODS
+def test_untrained_step_leaves_seed_unchanged(method):
     nca = make_nca()
     x = nca.seed(2, 16, 16)
     torch.manual_seed(0)
-    assert torch.equal(nca.step(x), x)
+    assert torch.equal(getattr(nca, method)(x), x)
 
 
-def test_untrained_step_only_applies_alive_masks():
+@STEP_METHODS
+def test_untrained_step_only_applies_alive_masks(method):
     nca = make_nca()
     x = random_state()
     mask = alive_mask(x) & alive_mask(x)  # dx == 0, so alive before == alive after
     assert 0 < mask.float().mean() < 1  # the state has both live and dead cells
     torch.manual_seed(0)
-    assert torch.equal(nca.step(x), x * mask.float())
+    assert torch.equal(getattr(nca, method)(x), x * mask.float())
 
 
 # --- stochastic firing ----------------------------------------------------------------------------------------------
@@ -144,12 +153,13 @@ def fully_alive(batch: int = 4, size: int = 64) -> torch.Tensor:
     return torch.ones(batch, CHANNELS, size, size)
 
 
-def test_fraction_of_updated_cells_matches_fire_rate():
+@STEP_METHODS
+def test_fraction_of_updated_cells_matches_fire_rate(method):
     nca = make_nca(fire_rate=0.5)
     set_constant_update(nca, 1.0)
     x = fully_alive()
     torch.manual_seed(0)
-    out = nca.step(x)
+    out = getattr(nca, method)(x)
     changed = out != x
     # The fire mask is per cell: all channels of a cell change together.
     assert torch.equal(changed.all(dim=1), changed.any(dim=1))
@@ -157,44 +167,49 @@ def test_fraction_of_updated_cells_matches_fire_rate():
     assert torch.equal(out[changed], torch.full((int(changed.sum()),), 2.0))
 
 
+@STEP_METHODS
 @pytest.mark.parametrize("fire_rate", [0.25, 0.75])
-def test_fraction_of_updated_cells_follows_model_fire_rate(fire_rate):
+def test_fraction_of_updated_cells_follows_model_fire_rate(fire_rate, method):
     nca = make_nca(fire_rate=fire_rate)
     set_constant_update(nca, 1.0)
     x = fully_alive()
     torch.manual_seed(0)
-    changed = (nca.step(x) != x).any(dim=1).float().mean().item()
+    changed = (getattr(nca, method)(x) != x).any(dim=1).float().mean().item()
     assert changed == pytest.approx(fire_rate, abs=0.03)
 
 
-def test_model_with_fire_rate_one_updates_every_cell():
+@STEP_METHODS
+def test_model_with_fire_rate_one_updates_every_cell(method):
     nca = make_nca(fire_rate=1.0)
     set_constant_update(nca, 1.0)
     x = fully_alive()
-    assert torch.equal(nca.step(x), x + 1)
+    assert torch.equal(getattr(nca, method)(x), x + 1)
 
 
-def test_step_fire_rate_argument_overrides_model_rate():
+@STEP_METHODS
+def test_step_fire_rate_argument_overrides_model_rate(method):
     nca = make_nca(fire_rate=0.5)
     set_constant_update(nca, 1.0)
     x = fully_alive()
-    assert torch.equal(nca.step(x, fire_rate=1.0), x + 1)
+    assert torch.equal(getattr(nca, method)(x, fire_rate=1.0), x + 1)
 
 
 # --- alive masks around the update ---------------------------------------------------------------------------------
 
 
-def test_dead_cell_stays_zero_even_with_nonzero_update():
+@STEP_METHODS
+def test_dead_cell_stays_zero_even_with_nonzero_update(method):
     nca = make_nca(fire_rate=1.0)
     set_constant_update(nca, 1.0)  # dx = 1 everywhere, alpha included: every cell is alive after the update
     x = nca.seed(1, 16, 16)
-    out = nca.step(x)
+    out = getattr(nca, method)(x)
     expected = torch.zeros_like(x)
     expected[:, :, 7:10, 7:10] = x[:, :, 7:10, 7:10] + 1  # only the neighbourhood alive before updates
     assert torch.equal(out, expected)
 
 
-def test_cell_whose_neighbourhood_dies_after_update_is_zeroed():
+@STEP_METHODS
+def test_cell_whose_neighbourhood_dies_after_update_is_zeroed(method):
     nca = make_nca(fire_rate=1.0)
     # Hand-set network: dx_alpha = -4 * relu(alpha - 0.75), every other dx is 0. A cell with alpha 1 drops
     # to alpha 0 (and has no live neighbours), a cell with alpha 0.5 is left alone.
@@ -211,7 +226,7 @@ def test_cell_whose_neighbourhood_dies_after_update_is_zeroed():
     x[0, ALPHA, 4, 4] = 1.0  # dies
     x[0, :, 15, 15] = torch.rand(CHANNELS)
     x[0, ALPHA, 15, 15] = 0.5  # survives
-    out = nca.step(x)
+    out = getattr(nca, method)(x)
     expected = x.clone()
     expected[0, :, 4, 4] = 0.0
     assert torch.equal(out, expected)
@@ -330,6 +345,17 @@ def test_nca_rejects_fire_rate_outside_unit_interval(fire_rate):
 
 def test_nca_accepts_fire_rate_one():
     assert NCA(FixedPerception(CHANNELS), channels=CHANNELS, hidden=HIDDEN, fire_rate=1.0).fire_rate == 1.0
+
+
+def test_parameter_names_are_those_checkpoints_hold():
+    keys = list(make_nca(trainable=True).state_dict())
+    assert keys == [
+        "perception.weight",
+        "update.0.weight",
+        "update.0.bias",
+        "update.2.weight",
+        "update.2.bias",
+    ]
 
 
 def test_nca_rejects_perception_with_other_channel_count():

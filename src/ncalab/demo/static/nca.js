@@ -1,13 +1,10 @@
 // ncalab demo engine: an exported NCA (model.json + model.bin) stepped in the browser at float32 precision.
 //
 // State layout is PyTorch's: channel-major C x H x W, channels 0-3 premultiplied RGBA, alpha = channel 3.
-// One step (as ncalab.nca.NCA.step):
-//   pre  = maxpool3x3(alpha) > alive_threshold
-//   p    = [x, depthwise_conv(x, kernels, zero padding) * scale]   (responses channel-major: c0 op0..opN-1, c1 ...)
-//          (every operator is k x k: the export zero-pads the smaller kernels of a mixed-size bank, centred, to the
-//          largest, so a 3x3 operator in a 5x5 bank computes exactly what it computes alone)
-//   dx   = W2 relu(W1 p + b1) + b2;  x' = x + dx * fire
-//   post = maxpool3x3(alpha') > alive_threshold;  x' *= pre & post
+// One step is the update rule of ncalab.nca.NCA.plain_step (src/ncalab/nca.py: alive before, perceive, update,
+// fire, residual add, alive after), from the exported parts of the perception (ncalab.perception.Perception):
+// responses are channel-major (c0 op0..opN-1, c1 ...), every operator k x k (the export zero-pads the smaller
+// kernels of a mixed-size bank, centred, to the largest), times the response scale.
 // Only cells within 2 of a live cell (5x5 max of alpha > threshold) can survive or affect a survivor, so others
 // are not evaluated: this changes no value, it only skips work that the mask throws away.
 (function (global) {
