@@ -1,8 +1,10 @@
 """`trainer=ddp`: one run on two CPU processes (gloo): pool shards, averaged gradients, one set of artefacts,
-checkpoints with the whole pool, resume with two processes and with one; the processes end with the run's."""
+checkpoints with the whole pool, resume with two processes and with one; the processes end with the run's, and
+stop with a checkpoint when only the run's process gets the signal."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -291,6 +293,84 @@ def test_processes_die_with_a_killed_run_and_write_nothing_more(tmp_path):
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
         parent.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- a signal to the run process alone
+
+
+class StepProbe(L.Callback):
+    """In every DDP process, at the end of step ``step``: write this process's pid to ``<dir>/rank<r>.pid``."""
+
+    def __init__(self, directory: str, step: int):
+        super().__init__()
+        self.directory, self.step, self.done = Path(directory), step, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.done or trainer.global_step < self.step:
+            return
+        self.done = True
+        temp = self.directory / f".rank{trainer.global_rank}.tmp"
+        temp.write_text(str(os.getpid()))
+        temp.replace(self.directory / f"rank{trainer.global_rank}.pid")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_run_process_alone_stops_every_process_with_a_checkpoint(tmp_path, sig, code):
+    """What a scheduler does: the signal goes to the run's pid only, not to the processes ddp_spawn started. They
+    stop as if it had come to them: last.ckpt at the end of the step under way, `interrupted`, 128 + the signal."""
+    out, probes = tmp_path / "run", tmp_path / "probes"
+    probes.mkdir()
+    cmd = [
+        sys.executable, "train.py", "experiment=smoke", "trainer=ddp", "trainer.devices=2",
+        "trainer.accelerator=cpu", "trainer.max_steps=100000", "callbacks.checkpoint.every_n_train_steps=100000",
+        "threads=1", f"hydra.run.dir={out}", "callbacks.media=null", "logger=csv",
+        "+callbacks.probe._target_=test_ddp.StepProbe", f"+callbacks.probe.directory={probes}",
+        "+callbacks.probe.step=3",
+    ]  # fmt: skip
+    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        parent = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    workers: list[int] = []
+    try:
+        pid_files = [probes / f"rank{r}.pid" for r in range(2)]
+        deadline = time.monotonic() + 240
+        while (
+            not all(f.exists() for f in pid_files) and parent.poll() is None and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert parent.poll() is None, log.read_text()[-3000:]
+        assert all(f.exists() for f in pid_files), "the DDP processes did not reach step 3"
+        workers = [int(f.read_text()) for f in pid_files]
+        assert parent.pid not in workers
+
+        parent.send_signal(sig)  # the run's process only
+        try:
+            returncode = parent.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        assert returncode is not None, f"still running 60 s after {sig.name}: {log.read_text()[-3000:]}"
+        assert returncode == code, log.read_text()[-3000:]
+        assert not [pid for pid in workers if _running(pid)]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == sig.name, status
+    assert status["exit_code"] == code and f"interrupted by {sig.name}" in status["error"]
+    ckpt = read_checkpoint(out / "checkpoints" / "last.ckpt")  # saved although no periodic save was due
+    assert ckpt["global_step"] >= 3 and ckpt["global_step"] == status["step"]
+    assert pool_state(ckpt)["pool"].shape == (POOL, 16, 20, 20)  # the whole pool, both shards
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.ckpt"]
+    assert not (out / "evaluation.json").exists()  # no end-of-run evaluation on the way out
 
 
 # ---------------------------------------------------------------- sharding without processes

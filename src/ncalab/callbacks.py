@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from datetime import datetime, timezone
+from multiprocessing import sharedctypes
 from pathlib import Path
 
 import lightning as L
@@ -174,18 +175,99 @@ class StopSignals:
     ``last.ckpt`` at the end of the step and stops the run. Otherwise (before training, after the final
     checkpoint, or at a second signal) :class:`RunInterrupted` is raised at once. Handlers are installed only
     from the main thread, and the previous ones come back on :meth:`restore`.
+
+    The DDP processes that the run's process spawns (``ddp_spawn``) share a small record with it (:meth:`share`,
+    :meth:`attach`). A signal sent to the run's process alone (what a scheduler does: it signals the main pid) is
+    written there, and the spawned processes stop as if it had been sent to them: while training, at the end of
+    the step under way (:class:`FinalCheckpoint` reads the record), otherwise at once (:meth:`watch`). The run's
+    process waits for them; the signal and step of their stop come back through the record (:meth:`received`,
+    :attr:`saved_step`).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # The shared record: the run process's signal; the signal and step of the spawned processes' stop.
+    _REQUESTED, _STOPPED, _STEP = range(3)
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.defer = False
-        self.saved_step: int | None = None  # where the stop saved last.ckpt
+        self._saved_step: int | None = None  # where the stop saved last.ckpt
         self._previous: dict[int, object] = {}
+        self._shared = None  # the record shared with spawned DDP processes (a ctypes array in shared memory)
+        self._owner = False  # whether this process made it (the run's process)
+        self._watching: threading.Event | None = None
+        self._watch_lock = threading.Lock()
 
     def reset(self) -> None:
-        self.signum, self.defer, self.saved_step = None, False, None
+        self.unwatch()
+        self.signum, self.defer, self._saved_step, self._shared, self._owner = None, False, None, None, False
+
+    # ---------------------------------------------------------------- shared with spawned DDP processes
+
+    def share(self):
+        """This run's shared record, made in the run's process (once per run; :meth:`reset` drops it). It reaches
+        the spawned processes inside :class:`FinalCheckpoint`, which ``ddp_spawn`` pickles to them."""
+        if self._shared is None:
+            self._shared, self._owner = sharedctypes.RawArray("q", [0, 0, -1]), True
+        return self._shared
+
+    def attach(self, shared) -> None:
+        """In a spawned DDP process: use the run process's record."""
+        self._shared, self._owner = shared, False
+
+    def requested(self) -> int | None:
+        """The signal the run's process received, when this process is one it spawned (else None)."""
+        if self._shared is None or self._owner:
+            return None
+        return int(self._shared[self._REQUESTED]) or None
+
+    def received(self) -> int | None:
+        """The signal that stops the run: this process's, or the one its spawned processes stopped for."""
+        if self.signum is None and self._shared is not None:
+            return int(self._shared[self._STOPPED]) or None
+        return self.signum
+
+    @property
+    def saved_step(self) -> int | None:
+        """The step at which the stop saved last.ckpt (in this process, or in the processes it spawned)."""
+        if self._saved_step is None and self._shared is not None and self._shared[self._STEP] >= 0:
+            return int(self._shared[self._STEP])
+        return self._saved_step
+
+    def stopped(self, signum: int, step: int) -> None:
+        """The stop for ``signum`` saved last.ckpt at ``step``."""
+        self._saved_step = step
+        if self._shared is not None:
+            self._shared[self._STOPPED], self._shared[self._STEP] = int(signum), int(step)
+
+    def watch(self, every: float = 0.1) -> None:
+        """In a spawned DDP process: a thread that, once the run's process has received a signal, sends the same
+        signal to this process when it is not deferred, i.e. outside training (it ends the evaluation and media at
+        once). During training :class:`FinalCheckpoint` reads the record at the end of each step instead (a
+        signal from this thread could otherwise land in the stop's save)."""
+        if self._shared is None or self._watching is not None:
+            return
+        self._watching = stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(every):
+                with self._watch_lock:  # unwatch() waits: no signal from here once it has returned
+                    signum = self.requested()
+                    if stop.is_set() or self.signum is not None:
+                        return
+                    if signum is not None and not self.defer:
+                        os.kill(os.getpid(), signum)
+                        return
+
+        threading.Thread(target=poll, name="ncalab-stop-watch", daemon=True).start()
+
+    def unwatch(self) -> None:
+        with self._watch_lock:
+            if self._watching is not None:
+                self._watching.set()
+                self._watching = None
+
+    # ---------------------------------------------------------------- handlers
 
     def install(self) -> bool:
         if self._previous or threading.current_thread() is not threading.main_thread():
@@ -195,7 +277,19 @@ class StopSignals:
             signal.signal(sig, self._handle)
         return True
 
+    def sole_handler(self) -> None:
+        """Make this handler the only one for SIGINT and SIGTERM (while installed). In a DDP process Lightning's
+        SIGTERM handler runs a collective (a broadcast) inside the handler: with the signal arriving at the
+        processes at different points of a step, that broadcast meets another collective and the run hangs.
+        Without it a stop is still agreed on by all processes, at the end of the step (FinalCheckpoint)."""
+        if not self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            if signal.getsignal(sig) != self._handle:
+                signal.signal(sig, self._handle)
+
     def restore(self) -> None:
+        self.unwatch()
         for sig, handler in self._previous.items():
             if signal.getsignal(sig) == self._handle:
                 signal.signal(sig, handler)  # type: ignore[arg-type]
@@ -209,6 +303,8 @@ class StopSignals:
             previous(signum, frame)
         again = self.signum is not None
         self.signum = signum
+        if self._owner and not self._shared[self._REQUESTED]:
+            self._shared[self._REQUESTED] = signum  # for the processes this one spawned (ddp_spawn)
         name = signal.Signals(signum).name
         if self.defer and not again:
             log.warning("%s received: saving the checkpoint at the end of this step, then stopping", name)
@@ -225,26 +321,39 @@ class FinalCheckpoint(L.Callback):
 
     It runs first at the end of training, before the callbacks that can fail or take long (evaluation, media),
     and also when a run is stopped by SIGINT or SIGTERM (:class:`StopSignals`): at the end of the step under way,
-    then :class:`RunInterrupted` ends the run.
+    then :class:`RunInterrupted` ends the run. With ``ddp_spawn`` a signal to the run's process alone reaches the
+    processes it spawned through the record this callback carries to them (:meth:`StopSignals.share`).
     """
 
     def __init__(self, path: str | Path):
         super().__init__()
         self.path = Path(path)
         self._installed = False
+        self._home = os.getpid()  # the process that made this callback: the run's
+        self._shared = STOP.share()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if os.getpid() != self._home:  # a process ddp_spawn started: it acts on the run process's signals
+            STOP.attach(self._shared)
         # In a spawned DDP process nobody else has installed the handlers.
         self._installed = STOP.install()
         STOP.defer = True
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning has installed its own SIGTERM handler by now (after setup).
+        if trainer.world_size > 1:
+            STOP.sole_handler()
+        if os.getpid() != self._home:
+            STOP.watch()
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        STOP.unwatch()
         if self._installed:
             STOP.restore()
             self._installed = False
 
     def _stop_requested(self, trainer: L.Trainer) -> int | None:
-        signum = STOP.signum
+        signum = STOP.signum or STOP.requested()
         if signum is None and trainer.received_sigterm:
             signum = int(signal.SIGTERM)
         if trainer.world_size > 1:  # every process must take the same decision (the save is collective)
@@ -259,9 +368,10 @@ class FinalCheckpoint(L.Callback):
         self._save_and_stop(trainer, signum)
 
     def _save_and_stop(self, trainer: L.Trainer, signum: int) -> None:
+        STOP.unwatch()
         STOP.defer = False  # a further signal during the save ends it at once
         trainer.save_checkpoint(self.path, weights_only=False)
-        STOP.saved_step = trainer.global_step
+        STOP.stopped(signum, trainer.global_step)
         log.warning(
             "%s: saved %s at step %d; stopping", signal.Signals(signum).name, self.path, trainer.global_step
         )
@@ -273,6 +383,7 @@ class FinalCheckpoint(L.Callback):
         # Lightning's own SIGTERM stop (SIGTERMException, raised in every process at the end of a step when
         # the signal came after this callback's check): the state is whole, save it; the run turns the
         # exception into RunInterrupted.
+        STOP.unwatch()
         if isinstance(exception, SIGTERMException) and STOP.saved_step is None:
             with contextlib.suppress(RunInterrupted):
                 self._save_and_stop(trainer, int(signal.SIGTERM))
@@ -280,10 +391,16 @@ class FinalCheckpoint(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After a divergence stop the module holds the last good state again (see NCALitModule._diverged).
         trainer.save_checkpoint(self.path, weights_only=False)
-        STOP.defer = False
-        signum = STOP.signum or (int(signal.SIGTERM) if trainer.received_sigterm else None)
+        signum = STOP.signum or STOP.requested()
+        if signum is None and trainer.received_sigterm:
+            signum = int(signal.SIGTERM)
         if signum is not None:  # a signal came while the last step ended: skip evaluation and media
+            STOP.unwatch()
+            STOP.defer = False
+            STOP.stopped(signum, trainer.global_step)
             raise RunInterrupted(signum, trainer.global_step, self.path)
+        # From here a signal (also one to the run's process: StopSignals.watch) ends the run at once.
+        STOP.defer = False
 
 
 class ResumeOptim(L.Callback):

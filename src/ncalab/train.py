@@ -230,8 +230,9 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
     try:
         summary = _train(cfg, out, extra_callbacks, parent)
     except BaseException as exc:
-        # A signal this process received counts too (with spawned DDP processes the error comes from them).
-        signum = interrupt_signal(exc) or STOP.signum
+        # A signal this process received counts too (with spawned DDP processes the error comes from them), and
+        # one the spawned processes stopped for.
+        signum = interrupt_signal(exc) or STOP.received()
         if signum is not None and not isinstance(exc, RunInterrupted):
             # Lightning's SystemExit for SIGTERM (code None, i.e. exit status 0) or Ctrl+C: one exception that
             # says which signal and where, and gives train.py its exit code.
