@@ -219,6 +219,7 @@ class Spec:
     device: str = "cpu"
     state: str = "pattern"
     seed: int = 0
+    compile_backend: str | None = None  # ncalab only: torch.compile the NCA step with this backend
 
 
 def flops_per_iter(spec: Spec) -> float:
@@ -277,6 +278,8 @@ def build(spec: Spec):
     nn.init.normal_(nca.update[-1].weight, std=0.02)
     model: NCA | BaselineNCA = BaselineNCA.from_nca(nca) if spec.impl == "baseline" else nca
     model = model.to(device)
+    if spec.compile_backend is not None and isinstance(model, NCA):
+        model.compile_step(backend=spec.compile_backend)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x0 = start_state(spec.state, spec.batch, spec.size).to(device)
     target = torch.rand(spec.batch, 4, spec.size, spec.size, generator=torch.Generator().manual_seed(1)).to(

@@ -30,11 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ncalab import bench
 from ncalab.compare import read_loss_curve
-from ncalab.nca import ALPHA, NCA
 
 SOURCE_EXPERIMENTS = ("sobel3", "sobel5", "sobel5_diag", "trainable_truncated", "trainable_scale")
 PRECISIONS = ("fp32", "bf16")
@@ -133,31 +131,9 @@ def bench_case(
         precision=precision,
         backprop_steps=backprop_steps,
         device=s.device,
+        compile_backend=s.compile_backend if compiled else None,
     )
-    torch.manual_seed(spec.seed)
-    nca = NCA(
-        bench.PERCEPTIONS[perception][0](),
-        channels=bench.CHANNELS,
-        hidden=bench.HIDDEN,
-        fire_rate=bench.FIRE_RATE,
-        precision=precision,
-    )
-    torch.nn.init.normal_(nca.update[-1].weight, std=0.02)  # as bench.build: a state that changes
-    nca = nca.to(s.device)
-    if compiled:
-        nca.compile_step(backend=s.compile_backend)
-    opt = torch.optim.Adam(nca.parameters(), lr=1e-3)
-    x0 = bench.start_state(spec.state, spec.batch, spec.size).to(s.device)
-    target = torch.rand(spec.batch, 4, spec.size, spec.size, generator=torch.Generator().manual_seed(1))
-    target = target.to(s.device)
-
-    def iteration() -> None:
-        x = nca.rollout(x0, spec.steps, spec.backprop_steps)
-        loss = F.mse_loss(x[:, : ALPHA + 1], target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    iteration = bench.build(spec)  # the bench's model, start state, target and training iteration
     _reset_peak(s.device)
     t = time.perf_counter()
     iteration()  # warm-up: the compilation, when compiled
