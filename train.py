@@ -14,7 +14,7 @@ from ncalab.errors import NCALabError
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from ncalab.callbacks import RunInterrupted, interrupt_signal
+    from ncalab.run_status import RunInterrupted, interrupt_signal
     from ncalab.train import run
 
     try:

@@ -29,7 +29,6 @@ from conftest import PERCEPTIONS, ROOT, make_cfg
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ncalab.data import load_target, per_sample_loss
 from ncalab.demo import (
     DEFAULT_PRETRAINED,
     FORMAT,
@@ -41,8 +40,10 @@ from ncalab.demo import (
     pretrained_dir,
 )
 from ncalab.demo.__main__ import main as demo_main
+from ncalab.metrics import per_sample_loss
 from ncalab.nca import NCA, alive_mask
 from ncalab.pretrained import names as shipped_names
+from ncalab.targets import load_target
 
 GRID = 32
 HIDDEN = 64

@@ -130,7 +130,7 @@ def test_a_model_that_never_moves_is_grown_but_never_regrows():
 
 
 def test_a_seed_that_grows_nothing_is_not_grown_and_regrows_nothing():
-    from ncalab.data import load_target
+    from ncalab.targets import load_target
 
     target = load_target("flower", 12, 4)
     result = evaluate_nca(
@@ -170,7 +170,7 @@ def test_parse_steps():
 
 def test_the_end_of_run_summary_image_and_evaluation_are_one_measurement(smoke_run, smoke_checkpoint):
     from ncalab.checkpoint import load_nca
-    from ncalab.data import load_target
+    from ncalab.targets import load_target
 
     evaluation = json.loads((smoke_run / "evaluation.json").read_text())
     summary = json.loads((smoke_run / "summary.json").read_text())
@@ -335,8 +335,8 @@ def test_cli_prints_and_writes_the_evaluation(smoke_checkpoint):
 def test_the_centre_cut_is_half_the_pattern_not_half_the_grid():
     """On a small pattern in a wide grid, the centre cut takes the middle of the pattern (about a quarter of its box,
     as a half cut takes half), not the whole of it; without a box it is the middle of the grid."""
-    from ncalab.data import load_target
     from ncalab.media import cut_region, pattern_box
+    from ncalab.targets import load_target
 
     target = load_target("flower", 24, 6)  # 36x36 grid
     box = pattern_box(target)

@@ -11,11 +11,11 @@ import zlib
 import pytest
 from PIL import Image
 
-from ncalab.data import load_target
 from ncalab.demo import FORMAT, INDEX_FORMAT, ExportError, check_export_folder, written_by_export
 from ncalab.demo.__main__ import main as demo_main
 from ncalab.errors import TargetError
 from ncalab.images import MAX_TARGET_PIXELS
+from ncalab.targets import load_target
 
 
 def test_export_refuses_a_folder_with_someone_elses_files(tmp_path, capsys):

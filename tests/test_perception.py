@@ -452,3 +452,34 @@ def test_a_new_perception_is_one_class_and_the_rest_takes_it():
     tensors = model_tensors(nca)
     assert torch.equal(tensors["kernels"], nca.perception.weight)
     assert torch.equal(tensors["scale"], torch.tensor([1.0, 2.0]).repeat(16))
+
+
+# -- what training logs of a perception (through the contract: response_scale) -----------------------------------
+
+
+def test_the_logged_response_factors_come_from_the_response_scale():
+    from ncalab.lit_module import response_factors
+
+    # No response scale: nothing logged.
+    assert response_factors(FixedPerception(CHANNELS)) == []
+    assert response_factors(TrainablePerception(CHANNELS)) == []
+    # One factor per operator, shared by the channels: one value per operator (the `scale` parameter itself).
+    per_op = ScaledPerception(CHANNELS, n_ops=2, scale="per_op")
+    with torch.no_grad():
+        per_op.scale.copy_(torch.tensor([0.5, 2.0]))
+    assert response_factors(per_op) == [0.5, 2.0]
+    # One factor for all: the factor of each operator (all the same).
+    scalar = ScaledPerception(CHANNELS, n_ops=2, scale="scalar", scale_init=0.25)
+    assert response_factors(scalar) == [0.25, 0.25]
+
+    class PerChannel(TrainablePerception):
+        """A perception the contract allows: a factor per response (channel-major)."""
+
+        def __init__(self):
+            super().__init__(4, n_ops=2)
+            self.factor = torch.nn.Parameter(torch.arange(8, dtype=torch.float32))
+
+        def response_scale(self):
+            return self.factor
+
+    assert response_factors(PerChannel()) == [float(i) for i in range(8)]

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from ncalab.data import NCADataModule, SamplePool, circle_damage, damaged_count, per_sample_loss
+from ncalab.data import NCADataModule, SamplePool, circle_damage, damaged_count
 from ncalab.errors import ConfigError
+from ncalab.metrics import per_sample_loss
 from ncalab.nca import seed_state
 
 C, H, W = 6, 32, 32

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-import ncalab.callbacks
-from ncalab.callbacks import RunStatus
+import ncalab.run_status
 from ncalab.compare import collect_runs, main, read_run
+from ncalab.run_status import RunStatus
 from ncalab.rundirs import this_host
 
 
@@ -86,7 +86,7 @@ def test_runs_that_died_without_a_word_show_as_unfinished(tmp_path):
 
 def test_status_json_says_where_the_run_lives_and_beats(tmp_path, monkeypatch):
     ticks = iter(range(10**6))
-    monkeypatch.setattr(ncalab.callbacks, "_now", lambda: f"tick-{next(ticks)}")
+    monkeypatch.setattr(ncalab.run_status, "_now", lambda: f"tick-{next(ticks)}")
     status = RunStatus(tmp_path, ["seed=1"], heartbeat_s=0.01)
     first = json.loads((tmp_path / "status.json").read_text())
     assert first["status"] == "running" and first["pid"] == os.getpid() and first["host"] == this_host()

@@ -1,4 +1,4 @@
-"""Tests for loading targets: ncalab.data.builtin_targets, resolve_target and load_target."""
+"""Tests for loading targets: ncalab.targets.builtin_targets, resolve_target and load_target."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ncalab.data import builtin_targets, load_target, resolve_target
 from ncalab.errors import NCALabError, TargetError
+from ncalab.targets import builtin_targets, load_target, resolve_target
 
 # ---------------------------------------------------------------- helpers
 

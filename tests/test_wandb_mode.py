@@ -125,3 +125,36 @@ def test_with_credentials_but_no_network_auto_mode_goes_offline_quickly(home, tm
     fallbacks = [m for m in out["messages"] if "could not be reached" in m]
     assert len(fallbacks) == 1 and "wandb sync" in fallbacks[0]
     assert list((save_dir / "wandb").glob("offline-run-*"))
+
+
+# -- what the rest of ncalab asks of W&B (lit_module, callbacks, train) ------------------------------------------
+
+
+def test_the_wandb_logger_is_recognised_and_no_other(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+
+    from ncalab.loggers import WandbLogger, is_wandb, wandb_run, wandb_run_id
+
+    csv = CSVLogger(tmp_path)
+    assert not is_wandb(csv) and wandb_run_id(csv) is None and wandb_run(csv) is None
+    for cls in (WandbLogger, LightningWandbLogger):  # ncalab's, and Lightning's configured directly
+        logger = cls(id="abc123", save_dir=str(tmp_path), mode="disabled")
+        assert is_wandb(logger) and wandb_run_id(logger) == "abc123"
+    assert wandb_run_id(WandbLogger(save_dir=str(tmp_path), mode="disabled")) is None  # no run yet, no id
+
+
+def test_resume_extras_continue_the_checkpoints_wandb_run():
+    from omegaconf import OmegaConf
+
+    from ncalab.loggers import CHECKPOINT_WANDB_ID, resume_extras
+
+    node = OmegaConf.create({"_target_": "ncalab.loggers.wandb_logger", "id": None})
+    config = {"seed": 1}
+    plain = {"run_config": config, "_recursive_": False, "_convert_": "all"}
+    assert resume_extras(node, config, None) == plain
+    assert resume_extras(node, config, {CHECKPOINT_WANDB_ID: "run42"}) == {**plain, "id": "run42"}
+    given = OmegaConf.create({"_target_": "ncalab.loggers.wandb_logger", "id": "mine"})
+    assert resume_extras(given, config, {CHECKPOINT_WANDB_ID: "run42"}) == plain  # an explicit id wins
+    csv = OmegaConf.create({"_target_": "lightning.pytorch.loggers.CSVLogger"})
+    assert resume_extras(csv, config, {CHECKPOINT_WANDB_ID: "run42"}) == {}

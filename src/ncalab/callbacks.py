@@ -1,5 +1,8 @@
-"""What a run leaves behind besides metrics: status, checkpoint, the end-of-run evaluation (evaluation.json,
-summary.json, final.png), rollout videos."""
+"""The Lightning callbacks of a run: the final checkpoint (also on a stop by a signal), the optimiser settings
+of a resume, the end-of-run evaluation (evaluation.json, summary.json, final.png) and the rollout media.
+
+The files they write are listed in :mod:`ncalab.run_folder`; the run's status and signal handling are in
+:mod:`ncalab.run_status`."""
 
 from __future__ import annotations
 
@@ -8,21 +11,19 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
-from multiprocessing import sharedctypes
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
+from ncalab import run_folder
 from ncalab.evaluate import LONG_RUN_STEPS, measure_nca, parse_steps
+from ncalab.loggers import wandb_run
 from ncalab.media import (
     cut_region,
     eval_mode,
@@ -30,299 +31,22 @@ from ncalab.media import (
     pattern_box,
     pool_grid,
     record_rollout,
+    side_by_side,
     write_video,
 )
-from ncalab.rundirs import HEARTBEAT_S, this_host
+from ncalab.run_status import STOP, RunInterrupted
 
 log = logging.getLogger("ncalab")
-
-
-def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
-    """Two ``3 x H x W`` uint8 images with a white gap between them, as ``H x W x 3``."""
-    h = max(left.shape[1], right.shape[1])
-    out = np.full((h, left.shape[2] + gap + right.shape[2], 3), 255, dtype=np.uint8)
-    out[: left.shape[1], : left.shape[2]] = left.transpose(1, 2, 0)
-    out[: right.shape[1], left.shape[2] + gap :] = right.transpose(1, 2, 0)
-    return out
-
-
-class RunStatus:
-    """``status.json`` in the run directory: running, finished, failed (with the error) or interrupted (with the
-    signal), for sweeps and reports.
-
-    While the run lives it also says where (``pid``, ``host``) and when it was last seen (``heartbeat``,
-    refreshed every ``heartbeat_s`` seconds by a background thread), so that a run killed without a chance to
-    record its end (SIGKILL, out of memory, a node lost) is recognisable as such (:func:`ncalab.rundirs.gone_reason`).
-    Every write replaces the file whole (written beside it, then renamed), so a reader never sees half of it."""
-
-    def __init__(
-        self,
-        output_dir: str | Path,
-        overrides: list[str] | None = None,
-        write: bool = True,
-        heartbeat_s: float = HEARTBEAT_S,
-    ):
-        self.path = Path(output_dir) / "status.json"
-        self.write = write
-        self.state = {
-            "status": "running",
-            "overrides": overrides or [],
-            "started": _now(),
-            "ended": None,
-            "pid": os.getpid(),
-            "host": this_host(),
-            "heartbeat": _now(),
-        }
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._write()
-        self._beat = None
-        if write and heartbeat_s > 0:
-            self._beat = threading.Thread(
-                target=self._heartbeat, args=(heartbeat_s,), name="ncalab-status-heartbeat", daemon=True
-            )
-            self._beat.start()
-
-    def _heartbeat(self, every: float) -> None:
-        while not self._stop.wait(every):
-            with self._lock:
-                if self.state["status"] != "running":
-                    return
-                self.state["heartbeat"] = _now()
-                try:
-                    self._write_unlocked()
-                except OSError:  # a full disk must not end the run; the next beat tries again
-                    log.debug("could not refresh %s", self.path, exc_info=True)
-
-    def _end(self, **state) -> None:
-        self._stop.set()
-        with self._lock:
-            self.state.update(ended=_now(), heartbeat=_now(), **state)
-            self._write_unlocked()
-        if self._beat is not None and self._beat is not threading.current_thread():
-            self._beat.join(timeout=5)
-
-    def finished(self) -> None:
-        self._end(status="finished")
-
-    def failed(self, exc: BaseException) -> None:
-        signum = interrupt_signal(exc)
-        if signum is not None:
-            name = signal.Signals(signum).name
-            state = dict(status="interrupted", signal=name, exit_code=128 + signum)
-            state["error"] = str(exc) if isinstance(exc, RunInterrupted) else f"{name}: {type(exc).__name__}"
-            if isinstance(exc, RunInterrupted) and exc.step is not None:
-                state.update(step=exc.step, checkpoint=exc.checkpoint)
-        else:
-            state = dict(status="failed", error=f"{type(exc).__name__}: {exc}")
-        self._end(**state)
-
-    def _write(self) -> None:
-        with self._lock:
-            self._write_unlocked()
-
-    def _write_unlocked(self) -> None:
-        if not self.write:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(self.state, indent=2) + "\n")
-        os.replace(temp, self.path)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class RunInterrupted(BaseException):
-    """The run was stopped by a signal (Ctrl+C = SIGINT, or SIGTERM, what SLURM sends before a time limit).
-
-    Not an ``Exception``: nothing on the way may swallow it. ``train.py`` exits with ``exit_code`` (128 + the
-    signal number: 130 for SIGINT, 143 for SIGTERM), so that a scheduler sees the run did not finish."""
-
-    def __init__(self, signum: int, step: int | None = None, checkpoint: str | Path | None = None):
-        self.signum = int(signum)
-        self.step = step
-        self.checkpoint = str(checkpoint) if checkpoint else None
-        where = f" at step {step}" if step is not None else ""
-        saved = f"; checkpoint saved: {self.checkpoint}" if self.checkpoint else ""
-        super().__init__(f"interrupted by {signal.Signals(self.signum).name}{where}{saved}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-def interrupt_signal(exc: BaseException | None) -> int | None:
-    """The signal that stopped a run, when ``exc`` (or what it was raised from) is an interruption."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, RunInterrupted):
-            return exc.signum
-        if isinstance(exc, KeyboardInterrupt):
-            return int(signal.SIGINT)
-        if isinstance(exc, SIGTERMException):  # Lightning's own, raised when it saw SIGTERM
-            return int(signal.SIGTERM)
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-class StopSignals:
-    """SIGINT and SIGTERM handling of one process during a run.
-
-    While training steps run (``defer``), the first signal is only recorded: :class:`FinalCheckpoint` saves
-    ``last.ckpt`` at the end of the step and stops the run. Otherwise (before training, after the final
-    checkpoint, or at a second signal) :class:`RunInterrupted` is raised at once. Handlers are installed only
-    from the main thread, and the previous ones come back on :meth:`restore`.
-
-    The DDP processes that the run's process spawns (``ddp_spawn``) share a small record with it (:meth:`share`,
-    :meth:`attach`). A signal sent to the run's process alone (what a scheduler does: it signals the main pid) is
-    written there, and the spawned processes stop as if it had been sent to them: while training, at the end of
-    the step under way (:class:`FinalCheckpoint` reads the record), otherwise at once (:meth:`watch`). The run's
-    process waits for them; the signal and step of their stop come back through the record (:meth:`received`,
-    :attr:`saved_step`).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    # The shared record: the run process's signal; the signal and step of the spawned processes' stop.
-    _REQUESTED, _STOPPED, _STEP = range(3)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.defer = False
-        self._saved_step: int | None = None  # where the stop saved last.ckpt
-        self._previous: dict[int, object] = {}
-        self._shared = None  # the record shared with spawned DDP processes (a ctypes array in shared memory)
-        self._owner = False  # whether this process made it (the run's process)
-        self._watching: threading.Event | None = None
-        self._watch_lock = threading.Lock()
-
-    def reset(self) -> None:
-        self.unwatch()
-        self.signum, self.defer, self._saved_step, self._shared, self._owner = None, False, None, None, False
-
-    # ---------------------------------------------------------------- shared with spawned DDP processes
-
-    def share(self):
-        """This run's shared record, made in the run's process (once per run; :meth:`reset` drops it). It reaches
-        the spawned processes inside :class:`FinalCheckpoint`, which ``ddp_spawn`` pickles to them."""
-        if self._shared is None:
-            self._shared, self._owner = sharedctypes.RawArray("q", [0, 0, -1]), True
-        return self._shared
-
-    def attach(self, shared) -> None:
-        """In a spawned DDP process: use the run process's record."""
-        self._shared, self._owner = shared, False
-
-    def requested(self) -> int | None:
-        """The signal the run's process received, when this process is one it spawned (else None)."""
-        if self._shared is None or self._owner:
-            return None
-        return int(self._shared[self._REQUESTED]) or None
-
-    def received(self) -> int | None:
-        """The signal that stops the run: this process's, or the one its spawned processes stopped for."""
-        if self.signum is None and self._shared is not None:
-            return int(self._shared[self._STOPPED]) or None
-        return self.signum
-
-    @property
-    def saved_step(self) -> int | None:
-        """The step at which the stop saved last.ckpt (in this process, or in the processes it spawned)."""
-        if self._saved_step is None and self._shared is not None and self._shared[self._STEP] >= 0:
-            return int(self._shared[self._STEP])
-        return self._saved_step
-
-    def stopped(self, signum: int, step: int) -> None:
-        """The stop for ``signum`` saved last.ckpt at ``step``."""
-        self._saved_step = step
-        if self._shared is not None:
-            self._shared[self._STOPPED], self._shared[self._STEP] = int(signum), int(step)
-
-    def watch(self, every: float = 0.1) -> None:
-        """In a spawned DDP process: a thread that, once the run's process has received a signal, sends the same
-        signal to this process when it is not deferred, i.e. outside training (it ends the evaluation and media at
-        once). During training :class:`FinalCheckpoint` reads the record at the end of each step instead (a
-        signal from this thread could otherwise land in the stop's save)."""
-        if self._shared is None or self._watching is not None:
-            return
-        self._watching = stop = threading.Event()
-
-        def poll() -> None:
-            while not stop.wait(every):
-                with self._watch_lock:  # unwatch() waits: no signal from here once it has returned
-                    signum = self.requested()
-                    if stop.is_set() or self.signum is not None:
-                        return
-                    if signum is not None and not self.defer:
-                        os.kill(os.getpid(), signum)
-                        return
-
-        threading.Thread(target=poll, name="ncalab-stop-watch", daemon=True).start()
-
-    def unwatch(self) -> None:
-        with self._watch_lock:
-            if self._watching is not None:
-                self._watching.set()
-                self._watching = None
-
-    # ---------------------------------------------------------------- handlers
-
-    def install(self) -> bool:
-        if self._previous or threading.current_thread() is not threading.main_thread():
-            return False
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handle)
-        return True
-
-    def sole_handler(self) -> None:
-        """Make this handler the only one for SIGINT and SIGTERM (while installed). In a DDP process Lightning's
-        SIGTERM handler runs a collective (a broadcast) inside the handler: with the signal arriving at the
-        processes at different points of a step, that broadcast meets another collective and the run hangs.
-        Without it a stop is still agreed on by all processes, at the end of the step (FinalCheckpoint)."""
-        if not self._previous or threading.current_thread() is not threading.main_thread():
-            return
-        for sig in self.SIGNALS:
-            if signal.getsignal(sig) != self._handle:
-                signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        self.unwatch()
-        for sig, handler in self._previous.items():
-            if signal.getsignal(sig) == self._handle:
-                signal.signal(sig, handler)  # type: ignore[arg-type]
-        self._previous = {}
-
-    def _handle(self, signum: int, frame) -> None:
-        previous = self._previous.get(signum)
-        # Chain to a handler someone else installed before (Lightning's SIGTERM notifier forwards the signal to
-        # spawned processes); never to the defaults, which would raise KeyboardInterrupt or end the process.
-        if callable(previous) and previous not in (signal.default_int_handler, self._handle):
-            previous(signum, frame)
-        again = self.signum is not None
-        self.signum = signum
-        if self._owner and not self._shared[self._REQUESTED]:
-            self._shared[self._REQUESTED] = signum  # for the processes this one spawned (ddp_spawn)
-        name = signal.Signals(signum).name
-        if self.defer and not again:
-            log.warning("%s received: saving the checkpoint at the end of this step, then stopping", name)
-            return
-        raise RunInterrupted(signum)
-
-
-# The one instance of this process (spawned DDP processes get their own).
-STOP = StopSignals()
 
 
 class FinalCheckpoint(L.Callback):
     """Save ``last.ckpt`` when training ends, in every process (rank 0 writes; all take part in gathering).
 
     It runs first at the end of training, before the callbacks that can fail or take long (evaluation, media),
-    and also when a run is stopped by SIGINT or SIGTERM (:class:`StopSignals`): at the end of the step under way,
-    then :class:`RunInterrupted` ends the run. With ``ddp_spawn`` a signal to the run's process alone reaches the
-    processes it spawned through the record this callback carries to them (:meth:`StopSignals.share`).
+    and also when a run is stopped by SIGINT or SIGTERM (:class:`~ncalab.run_status.StopSignals`): at the end of
+    the step under way, then :class:`~ncalab.run_status.RunInterrupted` ends the run. With ``ddp_spawn`` a signal to
+    the run's process alone reaches the processes it spawned through the record this callback carries to them
+    (:meth:`~ncalab.run_status.StopSignals.share`).
     """
 
     def __init__(self, path: str | Path):
@@ -467,6 +191,8 @@ class RunEvaluation(L.Callback):
       ``python -m ncalab.compare`` read it;
     - ``final.png``: the target beside the first pattern that measurement grew to the horizon;
     - every logger (``final/*`` and ``eval/*`` metrics; the W&B run summary).
+
+    The keys of both files are listed in :mod:`ncalab.run_folder`.
     """
 
     def __init__(
@@ -524,12 +250,12 @@ class RunEvaluation(L.Callback):
         measured = measure_nca(nca, target, **self.kwargs)
         self.result = result = measured.result
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+        (self.output_dir / run_folder.EVALUATION_FILE).write_text(json.dumps(result, indent=2) + "\n")
 
         image = side_by_side(
             frames_uint8([target.unsqueeze(0)], self.scale)[0], frames_uint8([measured.grown], self.scale)[0]
         )
-        Image.fromarray(image).save(self.output_dir / "final.png")
+        Image.fromarray(image).save(self.output_dir / run_folder.FINAL_IMAGE)
 
         h, w = target.shape[-2:]
         guard = getattr(pl_module, "guard", None)
@@ -556,13 +282,13 @@ class RunEvaluation(L.Callback):
             "divergence_events": list(getattr(guard, "events", [])),
             "stopped_by_guard": bool(getattr(pl_module, "stopped_by_guard", False)),
         }
-        (self.output_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+        (self.output_dir / run_folder.SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n")
 
         numbers = {f"final/{k}": v for k, v in _flatten(self.summary).items() if _is_number(v)}
         numbers.update({f"eval/{k}": v for k, v in _flatten(result).items() if _is_number(v)})
         for logger in trainer.loggers:
             logger.log_metrics(numbers, step=trainer.global_step)
-            run = getattr(logger, "experiment", None) if type(logger).__name__ == "WandbLogger" else None
+            run = wandb_run(logger)
             if run is not None:
                 run.summary.update(self.summary)
                 run.summary.update({k: v for k, v in numbers.items() if k.startswith("eval/")})
@@ -616,7 +342,7 @@ class RolloutMedia(L.Callback):
                 every_n_steps=0, growth_steps=1, regrow_steps=0, frame_every=1, fps=1, scale=1, pool_samples=1
             ),
         )
-        self.dir = Path(output_dir) / "media"
+        self.dir = Path(output_dir) / run_folder.MEDIA_DIR
         self.every_n_steps = every_n_steps
         self.growth_steps = growth_steps
         self.regrow_steps = regrow_steps
@@ -632,11 +358,11 @@ class RolloutMedia(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         step = trainer.global_step
         if self.every_n_steps and step % self.every_n_steps == 0 and step < (trainer.max_steps or 0):
-            self.record(trainer, pl_module, f"step{step:06d}")
+            self.record(trainer, pl_module, run_folder.step_tag(step))
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.record(trainer, pl_module, "final")
+        self.record(trainer, pl_module, run_folder.FINAL_TAG)
 
     def record(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> dict[str, Path]:
         dm = trainer.datamodule
@@ -651,16 +377,18 @@ class RolloutMedia(L.Callback):
             )
         files = {
             "growth": write_video(
-                frames_uint8(growth, self.scale), self.dir / f"growth_{tag}.{self.format}", self.fps
+                frames_uint8(growth, self.scale),
+                self.dir / run_folder.media_name("growth", tag, self.format),
+                self.fps,
             ),
             "regeneration": write_video(
                 frames_uint8(growth + regrowth, self.scale),
-                self.dir / f"regeneration_{tag}.{self.format}",
+                self.dir / run_folder.media_name("regeneration", tag, self.format),
                 self.fps,
             ),
         }
         pool = dm.pool.states[: self.pool_samples]
-        files["pool"] = self.dir / f"pool_{tag}.png"
+        files["pool"] = self.dir / run_folder.media_name("pool", tag, "png")
         Image.fromarray(pool_grid(pool).transpose(1, 2, 0)).save(files["pool"])
 
         step = trainer.global_step

@@ -1,7 +1,8 @@
 """Compare the runs of a Hydra multirun sweep offline: ``python -m ncalab.compare <sweep dir>``.
 
 Reads only what the runs wrote (``status.json``, ``summary.json``, ``evaluation.json``,
-``csv/version_N/metrics.csv``, ``final.png``, videos, ``.hydra/overrides.yaml``), writes one self-contained
+``csv/version_N/metrics.csv``, ``final.png``, videos, ``.hydra/overrides.yaml``: the run-folder format, files and
+keys, is written down in :mod:`ncalab.run_folder`), never the training code, and writes one self-contained
 ``report.html`` (images and videos as data URIs, loss curves as inline SVG) and prints the same numbers as a
 plain-text table, or as Markdown tables (``--markdown``, for a README): a row per run, then the runs that differ
 only by ``seed=`` pooled, mean ± sample std over seeds of every number.
@@ -25,11 +26,19 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 
+from ncalab import run_folder
 from ncalab.rundirs import gone_reason
 
 MAX_EMBED_BYTES = 20 * 1024 * 1024
 MAX_CURVE_POINTS = 1000
-STATUS_ORDER = ("finished", "failed", "interrupted", "running", "unfinished")
+UNFINISHED = "unfinished"  # compare's own: no status.json, or a running run that is evidently gone
+STATUS_ORDER = (
+    run_folder.FINISHED,
+    run_folder.FAILED,
+    run_folder.INTERRUPTED,
+    run_folder.RUNNING,
+    UNFINISHED,
+)
 # (summary key, table header, formatter name) for the per-run columns after job/overrides/status.
 RUN_COLUMNS = (
     ("train_loss", "train_loss", "float"),
@@ -141,7 +150,10 @@ def collect_runs(sweep_dir: str | Path) -> list[RunRecord]:
     jobs = [
         d
         for d in sweep.iterdir()
-        if d.is_dir() and (d.name.isdigit() or (d / ".hydra").is_dir() or (d / "status.json").is_file())
+        if d.is_dir()
+        and (
+            d.name.isdigit() or (d / run_folder.HYDRA_DIR).is_dir() or (d / run_folder.STATUS_FILE).is_file()
+        )
     ]
     jobs.sort(key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, d.name))
     return [_read_run_or_mark(d) for d in jobs]
@@ -157,7 +169,7 @@ def _read_run_or_mark(job: Path) -> RunRecord:
             job=job.name,
             path=job,
             overrides=[],
-            status="unfinished",
+            status=UNFINISHED,
             error=f"could not read this run ({type(exc).__name__}: {exc})",
         )
 
@@ -165,10 +177,10 @@ def _read_run_or_mark(job: Path) -> RunRecord:
 def read_run(job_dir: str | Path) -> RunRecord:
     job = Path(job_dir)
     problems: list[str] = []
-    status_file = _read_json(job / "status.json", problems)
-    summary = _read_json(job / "summary.json", problems)
+    status_file = _read_json(job / run_folder.STATUS_FILE, problems)
+    summary = _read_json(job / run_folder.SUMMARY_FILE, problems)
     if summary is not None and not isinstance(summary, dict):
-        problems.append("summary.json is not a JSON object")
+        problems.append(f"{run_folder.SUMMARY_FILE} is not a JSON object")
     summary = summary if isinstance(summary, dict) else {}
     error = None
     if isinstance(status_file, dict) and status_file.get("status") in STATUS_ORDER:
@@ -176,11 +188,11 @@ def read_run(job_dir: str | Path) -> RunRecord:
         error = status_file.get("error")
         gone = gone_reason(status_file)
         if gone:  # killed without recording an end: it will never finish
-            status, error = "unfinished", gone
+            status, error = UNFINISHED, gone
     else:
-        status = "finished" if summary else "unfinished"
+        status = run_folder.FINISHED if summary else UNFINISHED
 
-    overrides = _read_overrides(job / ".hydra" / "overrides.yaml")
+    overrides = _read_overrides(run_folder.overrides_file(job))
     if overrides is None and isinstance(status_file, dict):
         overrides = status_file.get("overrides")
     if not isinstance(overrides, list):
@@ -189,11 +201,11 @@ def read_run(job_dir: str | Path) -> RunRecord:
 
     videos, other_videos = _pick_videos(job)
     curve = read_loss_curve(job, problems=problems)
-    evaluation = _read_json(job / "evaluation.json", problems)
+    evaluation = _read_json(job / run_folder.EVALUATION_FILE, problems)
     try:
         derived = derive_metrics(evaluation, curve, summary)
     except Exception as exc:  # noqa: BLE001 - valid JSON of an unexpected shape
-        problems.append(f"evaluation.json is malformed ({type(exc).__name__}: {exc})")
+        problems.append(f"{run_folder.EVALUATION_FILE} is malformed ({type(exc).__name__}: {exc})")
         derived = derive_metrics(None, curve, summary)
     if problems:
         error = "; ".join([*([str(error)] if error else []), *problems])
@@ -205,7 +217,7 @@ def read_run(job_dir: str | Path) -> RunRecord:
         error=str(error) if error else None,
         summary=summary,
         curve=curve,
-        final_png=job / "final.png" if (job / "final.png").is_file() else None,
+        final_png=job / run_folder.FINAL_IMAGE if (job / run_folder.FINAL_IMAGE).is_file() else None,
         videos=videos,
         other_videos=other_videos,
         derived=derived,
@@ -256,7 +268,9 @@ def _pick_videos(job: Path) -> tuple[list[Path], int]:
     """``growth.gif`` and, per kind under ``media/`` (growth_*, regeneration_*), the ``*_final`` video or, for
     a run that did not finish, the newest one; returns them and how many intermediate ones were left out."""
     found = sorted(
-        p for p in (job / "media").rglob("*") if p.is_file() and p.suffix.lower() in {".mp4", ".webm", ".gif"}
+        p
+        for p in (job / run_folder.MEDIA_DIR).rglob("*")
+        if p.is_file() and p.suffix.lower() in {".mp4", ".webm", ".gif"}
     )
     by_kind: dict[str, list[Path]] = {}
     for path in found:
@@ -264,10 +278,11 @@ def _pick_videos(job: Path) -> tuple[list[Path], int]:
     # Videos recorded every N steps would swamp the report; the last one per kind is what runs are compared on.
     picked = []
     for paths in by_kind.values():
-        picked += [p for p in paths if p.stem.endswith("_final")] or [
+        picked += [p for p in paths if p.stem.endswith(f"_{run_folder.FINAL_TAG}")] or [
             max(paths, key=lambda p: p.stat().st_mtime)
         ]
-    root_gif = [job / "growth.gif"] if (job / "growth.gif").is_file() else []
+    old_gif = job / run_folder.OLD_GROWTH_GIF  # written by earlier versions
+    root_gif = [old_gif] if old_gif.is_file() else []
     return root_gif + picked, len(found) - len(picked)
 
 
@@ -278,13 +293,8 @@ def read_loss_curve(
 
     A file that cannot be read or parsed (not UTF-8, a NUL byte, cut short) is skipped, and said so in
     ``problems``; the rows read before the fault are kept."""
-    versions = []
-    for d in (Path(job_dir) / "csv").glob("version_*"):
-        suffix = d.name.removeprefix("version_")
-        if suffix.isdigit() and (d / "metrics.csv").is_file():
-            versions.append((int(suffix), d / "metrics.csv"))
     by_step: dict[int, float] = {}
-    for _, path in sorted(versions):
+    for path in run_folder.metrics_csvs(job_dir):
         try:
             with path.open(newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
@@ -303,7 +313,7 @@ def read_loss_curve(
 def read_sweep_overrides(sweep_dir: str | Path) -> list[str]:
     """The sweep's own command-line overrides from ``multirun.yaml`` (empty when absent or unreadable)."""
     try:
-        data = yaml.safe_load((Path(sweep_dir) / "multirun.yaml").read_text())
+        data = yaml.safe_load((Path(sweep_dir) / run_folder.MULTIRUN_FILE).read_text())
         task = data["hydra"]["overrides"]["task"]
     except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # ValueError: not UTF-8
         return []
@@ -356,7 +366,7 @@ def aggregate(runs: list[RunRecord]) -> list[Group]:
         grouped.setdefault(run.group_key, []).append(run)
     groups = []
     for key, members in grouped.items():
-        finished = [r for r in members if r.status == "finished"]
+        finished = [r for r in members if r.status == run_folder.FINISHED]
         stats = {k: mean_std([r.metric(k) for r in finished]) for k in AGGREGATE_KEYS}
         groups.append(Group(overrides=key, runs=members, stats=stats))
     return groups
@@ -805,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         run.derived["steps_to_threshold"] = next((s for s, v in run.curve if v <= args.threshold), None)
     groups = aggregate(runs)
-    output = args.output or sweep / "report.html"
+    output = args.output or sweep / run_folder.REPORT_FILE
     page = render_html(
         runs,
         groups,

@@ -1,4 +1,5 @@
-"""Targets (load, fit, premultiply, pad) and the sample pool that the training draws its batches from.
+"""The sample pool that the training draws its batches from, the damage it does to them, and the DataModule
+that holds the pool and the target (loaded by :func:`ncalab.targets.load_target`).
 
 Under DDP (``trainer=ddp``) every process keeps its own shard of the pool; checkpoints hold the whole pool.
 """
@@ -6,20 +7,17 @@ Under DDP (``trainer=ddp``) every process keeps its own shard of the pool; check
 from __future__ import annotations
 
 import math
-from importlib import resources
 from multiprocessing.reduction import ForkingPickler
-from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset
 
-from ncalab.errors import ConfigError, TargetError
-from ncalab.nca import ALPHA, seed_state
+from ncalab.errors import ConfigError
+from ncalab.metrics import per_sample_loss
+from ncalab.nca import seed_state
+from ncalab.targets import load_target
 
 MODES = ("growing", "persistent", "regenerating")
 
@@ -38,83 +36,6 @@ def _reduce_generator(generator: torch.Generator):
 # memory: "bad value(s) in fds_to_keep"), and ddp_spawn sends the DataModule and the LightningModule, which hold
 # one each. Send the generator's state as bytes instead: the copy draws the same numbers.
 ForkingPickler.register(torch.Generator, _reduce_generator)
-
-
-def builtin_targets() -> list[str]:
-    """Names of the targets shipped in ``ncalab/targets``."""
-    folder = resources.files("ncalab.targets")
-    return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".png"))
-
-
-def resolve_target(target: str) -> Path:
-    """A built-in name or a path to an image file."""
-    if target in builtin_targets():
-        return Path(str(resources.files("ncalab.targets") / f"{target}.png"))
-    path = Path(target).expanduser()
-    if not path.exists():
-        raise TargetError(
-            f"data.target={target!r}: no such file, and not a built-in target "
-            f"(built-ins: {', '.join(builtin_targets())}; or give a path to a PNG/JPEG/... image)"
-        )
-    if not path.is_file():
-        raise TargetError(f"data.target={target!r} is a directory, not an image file")
-    return path
-
-
-def _to_rgba(im: Image.Image) -> Image.Image:
-    """RGBA at 8 bits; 16/32-bit greyscale is scaled (Pillow's convert would clip it at 255)."""
-    if im.mode.startswith("I"):
-        grey = np.asarray(im, dtype=np.float64) / 65535.0
-        im = Image.fromarray((grey.clip(0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mode="L")
-    return im.convert("RGBA")
-
-
-def load_target(target: str, size: int = 40, padding: int = 16, allow_upscale: bool = False) -> torch.Tensor:
-    """Load ``target`` as premultiplied RGBA ``4 x H x W`` in [0, 1].
-
-    The image is fitted into ``size`` x ``size`` keeping its aspect ratio (an image without alpha is fully opaque),
-    then padded by ``padding`` empty cells on every side. An image larger than
-    :data:`ncalab.images.MAX_TARGET_PIXELS` is refused from its header, before it is decoded; one without alpha is
-    said so once (it grows as an opaque rectangle).
-    """
-    from ncalab.images import check_size, note_opaque
-
-    path = resolve_target(target)
-    try:
-        with Image.open(path) as im:
-            check_size(im, path)  # from the header: Image.open has decoded nothing yet
-            im.load()
-            note_opaque(im, path)
-            image = _to_rgba(ImageOps.exif_transpose(im))
-    except TargetError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise TargetError(f"data.target={str(path)!r} is not an image Pillow can read ({exc})") from exc
-    w, h = image.size
-    scale = size / max(w, h)
-    if scale > 1.0 and not allow_upscale:
-        raise TargetError(
-            f"data.target={str(path)!r} is {w}x{h} px, smaller than data.target_size={size}; "
-            f"use data.target_size<={max(w, h)} or data.allow_upscale=true"
-        )
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), Image.Resampling.LANCZOS)
-    rgba = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    if rgba[ALPHA].max() <= 0.1:
-        raise TargetError(f"data.target={str(path)!r} is fully transparent: there is nothing to grow")
-    rgba[:3] *= rgba[ALPHA : ALPHA + 1]
-    # Centre the fitted image in a size x size square, then pad.
-    pad_w, pad_h = size - new_w, size - new_h
-    return F.pad(
-        rgba,
-        (
-            pad_w // 2 + padding,
-            pad_w - pad_w // 2 + padding,
-            pad_h // 2 + padding,
-            pad_h - pad_h // 2 + padding,
-        ),
-    )
 
 
 DAMAGE_RADIUS = (0.1, 0.4)  # Distill's: in units of half the grid
@@ -181,11 +102,6 @@ def damaged_count(damage_share: float, batch_size: int) -> int:
             f"may be damaged (data.damage_share<={max_damaged(batch_size) / batch_size:.3g})"
         )
     return n
-
-
-def per_sample_loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE of the RGBA channels against the target, one value per sample."""
-    return ((x[:, : ALPHA + 1] - target) ** 2).mean(dim=(1, 2, 3))
 
 
 def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -449,9 +365,3 @@ class NCADataModule(L.LightningDataModule):
         source.set_state(generators[self.rank % len(generators)].clone())
         seed = int(torch.randint(0, 2**62, (1,), generator=source)) + self.rank
         return torch.Generator().manual_seed(seed).get_state()
-
-
-def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
-    mse = float(((image - reference) ** 2).mean())
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)

@@ -8,7 +8,7 @@ checkpoint (``<checkpoint stem>.eval.json``) or into the folder (``<folder>/eval
 
 The same measurement (:func:`measure_nca`) runs at the end of every training run; ``evaluation.json``,
 ``summary.json``, ``final.png``, the loggers' summaries, ``python -m ncalab.compare`` and the sweep objective all
-read its result.
+read its result (its keys are listed in :mod:`ncalab.run_folder`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure
 
-from ncalab.data import load_target, per_sample_loss, psnr
+from ncalab import run_folder
 from ncalab.errors import NCALabError
 from ncalab.media import (
     REGIONS,
@@ -37,7 +36,9 @@ from ncalab.media import (
     record_rollout,
     write_video,
 )
+from ncalab.metrics import per_sample_loss, psnr, ssim
 from ncalab.nca import NCA, to_rgb
+from ncalab.targets import load_target
 
 __all__ = [
     "GROWN_MIN_GAIN_DB",
@@ -256,11 +257,7 @@ def _measure(
         "rollouts": rollouts,
         "loss": loss,
         "psnr": sum(psnr(grown_rgb[i : i + 1], target_rgb) for i in range(rollouts)) / rollouts,
-        "ssim": float(
-            structural_similarity_index_measure(
-                grown_rgb.float(), target_rgb.float().expand_as(grown_rgb), data_range=1.0
-            )
-        ),
+        "ssim": ssim(grown_rgb, target_rgb),
     }
 
     # Persistence: one rollout from the seed, checked at each requested step against the horizon loss.
@@ -384,9 +381,9 @@ def default_output(path: str | Path) -> Path:
     """Where the CLI writes the JSON: ``<folder>/evaluation.json`` or ``<checkpoint stem>.eval.json``."""
     path = Path(path).expanduser()
     if path.is_dir():
-        return path / "evaluation.json"
+        return path / run_folder.EVALUATION_FILE
     if path.name == "model.json":
-        return path.parent / "evaluation.json"
+        return path.parent / run_folder.EVALUATION_FILE
     return path.with_suffix(".eval.json")
 
 
@@ -474,7 +471,7 @@ def _seed_arg(text: str) -> int:
 def output_problem(out: Path) -> str | None:
     """Why the result could not be written to ``out`` (checked before the evaluation runs), or None."""
     if out.is_dir():
-        return f"--output {out} is a directory; give a file name such as {out / 'evaluation.json'}"
+        return f"--output {out} is a directory; give a file name such as {out / run_folder.EVALUATION_FILE}"
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent  # the folders that do not exist yet are created

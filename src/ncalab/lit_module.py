@@ -10,12 +10,30 @@ from typing import Any
 import lightning as L
 import torch
 
-from ncalab.data import NCADataModule, per_sample_loss
+from ncalab.data import NCADataModule
 from ncalab.guard import DivergenceGuard
+from ncalab.loggers import CHECKPOINT_WANDB_ID, wandb_run_id
+from ncalab.metrics import per_sample_loss
 from ncalab.nca import NCA
+from ncalab.perception import Perception
 
 GRAD_MODES = ("off", "normalize", "clip")
 log = logging.getLogger("ncalab")
+
+
+def response_factors(perception: Perception) -> list[float]:
+    """The factors that the perception's response scale (:meth:`Perception.response_scale`) multiplies its
+    responses by, as logged (``perception/scale_<i>``): factor ``i`` is response ``i``'s (channel-major: operator
+    ``o`` of channel ``c`` is ``c * n_ops + o``). When every channel has the same factors (one per operator, or
+    one for all, tiled over the channels) only the first channel's are given: one per operator. Empty for a
+    perception without a response scale."""
+    factor = perception.response_scale()
+    if factor is None:
+        return []
+    per_channel = factor.detach().reshape(perception.channels, perception.n_ops)
+    if bool((per_channel == per_channel[:1]).all()):
+        per_channel = per_channel[:1]
+    return per_channel.flatten().tolist()
 
 
 def overflow(x: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
@@ -116,10 +134,8 @@ class NCALitModule(L.LightningModule):
         self.log("train/log10_loss", torch.log10(mean_loss))
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self.log("train/rollout_steps", float(steps))
-        scale = getattr(self.nca.perception, "scale", None)
-        if isinstance(scale, torch.Tensor):
-            for i, value in enumerate(scale.detach().flatten().tolist()):
-                self.log(f"perception/scale_{i}", value)
+        for i, value in enumerate(response_factors(self.nca.perception)):
+            self.log(f"perception/scale_{i}", value)
         return total
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -203,8 +219,9 @@ class NCALitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ncalab_step_generator"] = self.step_generator.get_state()
         for logger in self.trainer.loggers:
-            if type(logger).__name__ == "WandbLogger" and logger.version:
-                checkpoint["ncalab_wandb_id"] = str(logger.version)
+            run_id = wandb_run_id(logger)
+            if run_id:
+                checkpoint[CHECKPOINT_WANDB_ID] = run_id
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "ncalab_step_generator" in checkpoint:

@@ -1,4 +1,7 @@
-"""Weights & Biases: online with credentials, offline (inside the run directory) without, never a prompt."""
+"""Weights & Biases, all that ncalab knows of it: online with credentials, offline (inside the run directory)
+without, never a prompt; the run's name, group and tags in a sweep; recognising the W&B logger among a run's
+loggers (:func:`wandb_run_id`, :func:`wandb_run`); and a resumed checkpoint continuing its W&B run
+(:func:`resume_extras`)."""
 
 from __future__ import annotations
 
@@ -181,9 +184,7 @@ def wandb_logger(
 
 class WandbLogger(LightningWandbLogger):
     """Lightning's ``WandbLogger`` that, when ``fallback_offline``, turns into an offline run if ``wandb.init``
-    cannot reach the server (within the run settings' ``init_timeout``), instead of ending the run.
-
-    It keeps the class name ``WandbLogger``: the rest of ncalab recognises the W&B logger by that name."""
+    cannot reach the server (within the run settings' ``init_timeout``), instead of ending the run."""
 
     def __init__(self, *args: Any, fallback_offline: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -216,6 +217,41 @@ class WandbLogger(LightningWandbLogger):
         if url:
             log.info("W&B run: %s", url)
         return run
+
+
+# The key under which a checkpoint keeps the id of its run's W&B run (a resume continues that run).
+CHECKPOINT_WANDB_ID = "ncalab_wandb_id"
+
+
+def is_wandb(logger: Any) -> bool:
+    """Whether ``logger`` logs to W&B (Lightning's ``WandbLogger``, or ncalab's :class:`WandbLogger`)."""
+    return isinstance(logger, LightningWandbLogger)
+
+
+def wandb_run_id(logger: Any) -> str | None:
+    """The id of ``logger``'s W&B run, when it is a W&B logger that has one (what a checkpoint keeps under
+    :data:`CHECKPOINT_WANDB_ID`); else None."""
+    if is_wandb(logger) and logger.version:
+        return str(logger.version)
+    return None
+
+
+def wandb_run(logger: Any) -> Any:
+    """``logger``'s W&B run (``wandb.Run``: started on first use), when it is a W&B logger; else None."""
+    return getattr(logger, "experiment", None) if is_wandb(logger) else None
+
+
+def resume_extras(node: Any, config: dict[str, Any], ckpt: dict[str, Any] | None) -> dict[str, Any]:
+    """What :func:`wandb_logger` gets besides its config node ``node`` (``logger.<name>``): the run's resolved
+    ``config``, and the W&B run id kept in the resumed checkpoint ``ckpt`` (one curve, not two) unless ``node``
+    gives an ``id``. Empty for any other logger."""
+    if node.get("_target_") != f"{__name__}.{wandb_logger.__name__}":
+        return {}
+    # Not recursive: the config holds _target_ nodes that must reach W&B as plain values.
+    extras: dict[str, Any] = {"run_config": config, "_recursive_": False, "_convert_": "all"}
+    if ckpt and ckpt.get(CHECKPOINT_WANDB_ID) and not node.get("id"):
+        extras["id"] = ckpt[CHECKPOINT_WANDB_ID]
+    return extras
 
 
 def finish_wandb(failed: bool) -> None:

@@ -1,4 +1,4 @@
-"""Rollout media: frames composited on white, MP4/GIF files, regions cut out for regeneration."""
+"""Rollout media: frames composited on white, MP4/GIF files, image grids, regions cut out for regeneration."""
 
 from __future__ import annotations
 
@@ -117,3 +117,12 @@ def pool_grid(states: torch.Tensor, nrow: int = 8, scale: int = 2) -> np.ndarray
         rgb = rgb.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
     grid = make_grid(rgb, nrow=nrow, padding=2, pad_value=1.0)
     return (grid * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Two ``3 x H x W`` uint8 images with a white gap between them, as ``H x W x 3``."""
+    h = max(left.shape[1], right.shape[1])
+    out = np.full((h, left.shape[2] + gap + right.shape[2], 3), 255, dtype=np.uint8)
+    out[: left.shape[1], : left.shape[2]] = left.transpose(1, 2, 0)
+    out[: right.shape[1], left.shape[2] + gap :] = right.transpose(1, 2, 0)
+    return out

@@ -28,6 +28,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ncalab import run_folder
+
 RESOLVER = "ncalab.fresh_dir"
 MAX_SUFFIX = 1000
 # status.json's heartbeat is refreshed every HEARTBEAT_S seconds while a run lives; a "running" run whose
@@ -95,7 +97,7 @@ def _parse_time(text: Any) -> datetime | None:
 def gone_reason(state: dict[str, Any], now: datetime | None = None, stale_s: float = STALE_S) -> str | None:
     """For a ``status.json`` that says ``running``: why its run is evidently not running any more (its process
     is gone from this machine, or its heartbeat stopped long ago), or None when it may still be running."""
-    if state.get("status") != "running":
+    if state.get("status") != run_folder.RUNNING:
         return None
     pid, host = state.get("pid"), state.get("host")
     if isinstance(pid, int) and not isinstance(pid, bool) and host == this_host() and not pid_alive(pid):
@@ -110,7 +112,7 @@ def gone_reason(state: dict[str, Any], now: datetime | None = None, stale_s: flo
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:
     try:
-        state = json.loads((run_dir / "status.json").read_text())
+        state = json.loads((run_dir / run_folder.STATUS_FILE).read_text())
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
@@ -132,12 +134,12 @@ def run_dir_problem(out: str | Path, ckpt_path: str | None = None) -> str | None
         return f"cannot create the run directory {out} ({exc.strerror or exc}); choose another hydra.run.dir"
     if not os.access(out, os.W_OK | os.X_OK):
         return f"the run directory {out} is not writable; choose another hydra.run.dir"
-    last = out / "checkpoints" / "last.ckpt"
+    last = run_folder.last_checkpoint(out)
     in_place = (
         bool(ckpt_path) and last.exists() and Path(str(ckpt_path)).expanduser().resolve() == last.resolve()
     )
     state = read_status(out) or {}
-    if state.get("status") == "running" and gone_reason(state) is None:
+    if state.get("status") == run_folder.RUNNING and gone_reason(state) is None:
         where = f" (process {state.get('pid')} on {state.get('host')})" if state.get("pid") else ""
         return (
             f"{out} belongs to a run that is still running{where}; choose another hydra.run.dir "
@@ -148,7 +150,7 @@ def run_dir_problem(out: str | Path, ckpt_path: str | None = None) -> str | None
             f"{out} already holds a run ({last} exists); choose another hydra.run.dir "
             f"or resume it with ckpt_path={last}"
         )
-    if state.get("status") == "finished" and not in_place:
+    if state.get("status") == run_folder.FINISHED and not in_place:
         return f"{out} already holds a finished run (status.json); choose another hydra.run.dir"
     return None
 
@@ -157,9 +159,9 @@ def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run: a checkpoint, or a ``status.json`` saying finished or still running."""
     state = read_status(run_dir) or {}
     return (
-        (run_dir / "checkpoints" / "last.ckpt").exists()
-        or state.get("status") == "finished"
-        or (state.get("status") == "running" and gone_reason(state) is None)
+        run_folder.last_checkpoint(run_dir).exists()
+        or state.get("status") == run_folder.FINISHED
+        or (state.get("status") == run_folder.RUNNING and gone_reason(state) is None)
     )
 
 

@@ -21,15 +21,17 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from ncalab import run_folder
 from ncalab.allocator import keep_heap
-from ncalab.callbacks import STOP, FinalCheckpoint, ResumeOptim, RunInterrupted, RunStatus, interrupt_signal
+from ncalab.callbacks import FinalCheckpoint, ResumeOptim
 from ncalab.checkpoint import AtomicCheckpointIO, check_compatible, check_weights, read_checkpoint
 from ncalab.config import validate
 from ncalab.errors import ConfigError, NCALabError
 from ncalab.guard import DivergenceGuard
 from ncalab.lit_module import NCALitModule
-from ncalab.loggers import finish_wandb
+from ncalab.loggers import finish_wandb, resume_extras
 from ncalab.nca import NCA
+from ncalab.run_status import STOP, RunInterrupted, RunStatus, interrupt_signal
 from ncalab.rundirs import pid_alive, run_dir_problem
 
 log = logging.getLogger("ncalab")
@@ -237,7 +239,7 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
             # Lightning's SystemExit for SIGTERM (code None, i.e. exit status 0) or Ctrl+C: one exception that
             # says which signal and where, and gives train.py its exit code.
             saved = STOP.saved_step
-            last = out / "checkpoints" / "last.ckpt" if saved is not None else None
+            last = run_folder.last_checkpoint(out) if saved is not None else None
             interrupted = RunInterrupted(signum, saved, last)
             status.failed(interrupted)
             finish_wandb(failed=True)
@@ -257,17 +259,6 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
     status.finished()
     finish_wandb(failed=False)
     return summary
-
-
-def _logger_extras(node: DictConfig, config: dict[str, Any], ckpt: dict[str, Any] | None) -> dict[str, Any]:
-    """The W&B logger gets the resolved config, and the run id of a resumed checkpoint (one curve, not two)."""
-    if node.get("_target_") != "ncalab.loggers.wandb_logger":
-        return {}
-    # Not recursive: the config holds _target_ nodes that must reach W&B as plain values.
-    extras: dict[str, Any] = {"run_config": config, "_recursive_": False, "_convert_": "all"}
-    if ckpt and ckpt.get("ncalab_wandb_id") and not node.get("id"):
-        extras["id"] = ckpt["ncalab_wandb_id"]
-    return extras
 
 
 def _overrides(cfg: DictConfig) -> list[str]:
@@ -315,7 +306,7 @@ def _train(
     # end-of-run callbacks that can fail or take long.
     callbacks: list[L.Callback] = [
         RunProcess(os.getpid() if parent is None else parent, heap),
-        FinalCheckpoint(out / "checkpoints" / "last.ckpt"),
+        FinalCheckpoint(run_folder.last_checkpoint(out)),
     ]
     callbacks += [
         _built(build(c, f"callbacks.{k}"), L.Callback, f"callbacks.{k}", "a Lightning callback")
@@ -325,7 +316,7 @@ def _train(
     callbacks += [*resume_callbacks, *(extra_callbacks or [])]
     loggers = [
         _built(
-            build(lg, f"logger.{k}", **_logger_extras(lg, config, ckpt)),
+            build(lg, f"logger.{k}", **resume_extras(lg, config, ckpt)),
             Logger,
             f"logger.{k}",
             "a Lightning logger",
@@ -340,7 +331,7 @@ def _train(
 
     out.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(config))
+        (out / run_folder.CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
     log.info(
         "perception=%s grid=%dx%d parameters=%d",
         module.nca.perception.name,
@@ -355,14 +346,14 @@ def _train(
     finally:
         STOP.defer = False
     if STOP.signum is not None:  # a signal came after training ended (the final checkpoint is saved)
-        raise RunInterrupted(STOP.signum, trainer.global_step, out / "checkpoints" / "last.ckpt")
+        raise RunInterrupted(STOP.signum, trainer.global_step, run_folder.last_checkpoint(out))
     if trainer.interrupted:
         log.warning("training was interrupted at step %d", trainer.global_step)
 
     # Read back what the run wrote: with spawned processes (ddp_spawn) the callbacks ran elsewhere.
     summary: dict[str, Any] = {"train_loss": module.last_loss, "steps": trainer.global_step}
-    if (out / "summary.json").exists():
-        summary.update(json.loads((out / "summary.json").read_text()))
+    if (out / run_folder.SUMMARY_FILE).exists():
+        summary.update(json.loads((out / run_folder.SUMMARY_FILE).read_text()))
     # What sweeps minimise: the loss of the pattern grown from the seed (train loss if it was not measured).
     summary["objective"] = float(summary.get("eval_loss", summary["train_loss"]))
     log.info(

@@ -153,7 +153,7 @@ def _target_preview(config: dict[str, Any], folder: Path) -> str | None:
     try:
         from PIL import Image
 
-        from ncalab.data import load_target
+        from ncalab.targets import load_target
 
         target = load_target(
             str(data["target"]),

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ncalab import run_folder
 from ncalab.errors import NCALabError
 
 SHIPPED_FILES = ("model.json", "model.bin", "target.png")
@@ -31,12 +32,12 @@ def package_dir() -> Path:
 
 def _checkpoint_and_run(source: Path) -> tuple[Path, Path | None]:
     if source.is_dir():
-        ckpt = source / "checkpoints" / "last.ckpt"
+        ckpt = run_folder.last_checkpoint(source)
         if not ckpt.is_file():
             raise NCALabError(f"{str(source)!r} holds no checkpoints/last.ckpt (expected a run directory)")
         return ckpt, source
     if source.suffix == ".ckpt" and source.is_file():
-        run = source.parent.parent if source.parent.name == "checkpoints" else None
+        run = source.parent.parent if source.parent.name == run_folder.CHECKPOINTS_DIR else None
         return source, run
     raise NCALabError(f"{str(source)!r} is neither a run directory nor a .ckpt file")
 
@@ -135,10 +136,10 @@ def ship(
             if (Path(tmp) / file).is_file():
                 shutil.copyfile(Path(tmp) / file, folder / file)
     evaluation = evaluate_model(folder, rollouts=rollouts, long_run_steps=long_run_steps)
-    (folder / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    (folder / run_folder.EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
     summary = {}
-    if run is not None and (run / "summary.json").is_file():
-        summary = json.loads((run / "summary.json").read_text())
+    if run is not None and (run / run_folder.SUMMARY_FILE).is_file():
+        summary = json.loads((run / run_folder.SUMMARY_FILE).read_text())
     write_card(name, folder, evaluation, summary)
     return evaluation
 

@@ -1,1 +1,99 @@
-"""Built-in target images, drawn by ncalab.targets.draw."""
+"""Targets: the built-in images (the PNGs in this folder, drawn by :mod:`ncalab.targets.draw`), and loading a
+target (a built-in name or an image file) as the padded, premultiplied RGBA tensor that training grows.
+
+- :func:`builtin_targets`: the names of the built-in targets (``flower``, ``mosaic``);
+- :func:`resolve_target`: a built-in name or a path -> the image file;
+- :func:`load_target`: read it (checked from its header first: :mod:`ncalab.images`), fit it into
+  ``size`` x ``size`` keeping its aspect ratio, premultiply alpha, centre it and pad it by empty cells.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ncalab.errors import TargetError
+from ncalab.images import check_size, note_opaque
+from ncalab.nca import ALPHA
+
+__all__ = ["builtin_targets", "load_target", "resolve_target"]
+
+
+def builtin_targets() -> list[str]:
+    """Names of the targets shipped in ``ncalab/targets``."""
+    folder = resources.files("ncalab.targets")
+    return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".png"))
+
+
+def resolve_target(target: str) -> Path:
+    """A built-in name or a path to an image file."""
+    if target in builtin_targets():
+        return Path(str(resources.files("ncalab.targets") / f"{target}.png"))
+    path = Path(target).expanduser()
+    if not path.exists():
+        raise TargetError(
+            f"data.target={target!r}: no such file, and not a built-in target "
+            f"(built-ins: {', '.join(builtin_targets())}; or give a path to a PNG/JPEG/... image)"
+        )
+    if not path.is_file():
+        raise TargetError(f"data.target={target!r} is a directory, not an image file")
+    return path
+
+
+def _to_rgba(im: Image.Image) -> Image.Image:
+    """RGBA at 8 bits; 16/32-bit greyscale is scaled (Pillow's convert would clip it at 255)."""
+    if im.mode.startswith("I"):
+        grey = np.asarray(im, dtype=np.float64) / 65535.0
+        im = Image.fromarray((grey.clip(0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mode="L")
+    return im.convert("RGBA")
+
+
+def load_target(target: str, size: int = 40, padding: int = 16, allow_upscale: bool = False) -> torch.Tensor:
+    """Load ``target`` as premultiplied RGBA ``4 x H x W`` in [0, 1].
+
+    The image is fitted into ``size`` x ``size`` keeping its aspect ratio (an image without alpha is fully opaque),
+    then padded by ``padding`` empty cells on every side. An image larger than
+    :data:`ncalab.images.MAX_TARGET_PIXELS` is refused from its header, before it is decoded; one without alpha is
+    said so once (it grows as an opaque rectangle).
+    """
+    path = resolve_target(target)
+    try:
+        with Image.open(path) as im:
+            check_size(im, path)  # from the header: Image.open has decoded nothing yet
+            im.load()
+            note_opaque(im, path)
+            image = _to_rgba(ImageOps.exif_transpose(im))
+    except TargetError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise TargetError(f"data.target={str(path)!r} is not an image Pillow can read ({exc})") from exc
+    w, h = image.size
+    scale = size / max(w, h)
+    if scale > 1.0 and not allow_upscale:
+        raise TargetError(
+            f"data.target={str(path)!r} is {w}x{h} px, smaller than data.target_size={size}; "
+            f"use data.target_size<={max(w, h)} or data.allow_upscale=true"
+        )
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.Resampling.LANCZOS)
+    rgba = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    if rgba[ALPHA].max() <= 0.1:
+        raise TargetError(f"data.target={str(path)!r} is fully transparent: there is nothing to grow")
+    rgba[:3] *= rgba[ALPHA : ALPHA + 1]
+    # Centre the fitted image in a size x size square, then pad.
+    pad_w, pad_h = size - new_w, size - new_h
+    return F.pad(
+        rgba,
+        (
+            pad_w // 2 + padding,
+            pad_w - pad_w // 2 + padding,
+            pad_h // 2 + padding,
+            pad_h - pad_h // 2 + padding,
+        ),
+    )
