@@ -11,18 +11,52 @@ import pytest
 from ncalab.bench import FIELDS, PERCEPTIONS, Spec, flops_per_iter, start_state
 
 
-def test_bench_cli_prints_baseline_and_ncalab_rows_as_json():
-    cmd = [sys.executable, "-m", "ncalab.bench", "--sizes", "16", "--steps", "4", "--batch", "2"]
-    cmd += ["--repeats", "1", "--warmup", "0", "--perceptions", "sobel3", "--precision", "fp32", "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+def test_bench_cli_prints_baseline_and_ncalab_rows_as_json_for_dense_and_pattern_states():
+    cmd = [sys.executable, "-m", "ncalab.bench", "--sizes", "12", "--steps", "2", "--batch", "2"]
+    cmd += [
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--perceptions",
+        "sobel3",
+        "--precision",
+        "fp32,bf16",
+        "--json",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-    assert [(r["impl"], r["precision"]) for r in rows] == [("baseline", "fp32"), ("ncalab", "fp32")]
+    # Both start states by default, each with its own baseline.
+    assert [(r["state"], r["impl"], r["precision"]) for r in rows] == [
+        (state, impl, prec)
+        for state in ("dense", "pattern")
+        for impl, prec in (("baseline", "fp32"), ("ncalab", "fp32"), ("ncalab", "bf16"))
+    ]
     for r in rows:
         assert set(FIELDS) <= set(r)
-        assert (r["perception"], r["size"], r["batch"], r["steps"]) == ("sobel3", 16, 2, 4)
+        assert (r["perception"], r["size"], r["batch"], r["steps"]) == ("sobel3", 12, 2, 2)
         assert r["s_per_iter"] > 0 and r["cells_steps_per_s"] > 0 and r["gflops"] > 0 and r["peak_mem_gb"] > 0
-    assert "speedup" not in rows[0]
-    assert all(r["speedup"] > 0 for r in rows[1:])
+        # The share of the matrix-product peak measured in the same run, in the row's own precision.
+        assert r["peak_gflops"] > 0 and r["peak_share"] == pytest.approx(
+            r["gflops"] / r["peak_gflops"], rel=1e-2, abs=1e-4
+        )
+    assert rows[0]["peak_gflops"] == rows[1]["peak_gflops"] != rows[2]["peak_gflops"]
+    assert "speedup" not in rows[0] and "speedup" not in rows[3]
+    assert all(r["speedup"] > 0 for r in rows if r["impl"] == "ncalab")
+
+
+def test_a_bad_state_is_refused_with_the_accepted_ones():
+    cmd = [sys.executable, "-m", "ncalab.bench", "--state", "dense,sparse", "--sizes", "8"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "--state 'dense,sparse': accepted: pattern, dense, seed" in out.stderr
+
+
+def test_matmul_peak_is_measured_for_both_precisions():
+    from ncalab.bench import matmul_peak
+
+    peaks = matmul_peak(n=128, repeats=2)
+    assert set(peaks) == {"fp32", "bf16"} and all(v > 0 for v in peaks.values())
 
 
 def test_flops_count_depthwise_and_both_layers():

@@ -1,18 +1,23 @@
-"""Benchmark full NCA training iterations (rollout, backward, Adam step) against a plain baseline.
+"""Benchmark full NCA training iterations (rollout, backward, Adam step) against a good public-style baseline.
 
-``python -m ncalab.bench`` times, for each perception and grid size, the ncalab model (one or more variants:
-precision, gradient checkpointing, truncated backprop) and a baseline written the way typical public
-reimplementations are (one ``F.conv2d`` per operator, ``nn.Linear`` layers on a permuted NHWC tensor, fp32,
-NCHW state, nothing fused or compiled), at the same settings, in the same invocation.
+``python -m ncalab.bench`` times, for each perception, grid size and start state, the ncalab model (one or more
+variants: precision, gradient checkpointing, truncated backprop) and a baseline written the way a good public
+PyTorch port of the Distill NCA writes it (:class:`BaselineNCA`: NHWC state, one depthwise ``F.conv2d`` for all
+operators, ``nn.Linear`` layers, fp32, nothing fused, compiled or skipped), at the same settings, in the same
+invocation. By default both start states are timed: ``dense`` (every cell alive: a texture, or a large target
+that fills its grid) and ``pattern`` (a grown pattern with dead space around it).
 
-Every implementation runs in its own worker process (so that its peak memory is its own, and so that the
-baseline keeps glibc's default allocator behaviour); the parent interleaves single iterations of the baseline
-and of the ncalab variant being measured, so that load from other processes hits both alike, and reports
-medians. The speedup of an ncalab row is median(baseline) / median(ncalab) over the interleaved window.
+Every implementation runs in its own worker process (so that its peak memory is its own), each with the same
+allocator setting (:func:`ncalab.allocator.keep_heap`, unless ``NCALAB_KEEP_HEAP=0``): like for like. The parent
+interleaves single iterations of the baseline and of the ncalab variant being measured, so that load from other
+processes hits both alike, and reports medians. The speedup of an ncalab row is median(baseline) / median(ncalab)
+over the interleaved window.
 
 GFLOP/s counts the model's useful work: the depthwise perception and both 1x1 layers, forward for every step,
 backward (gradients w.r.t. input, and weights where trainable) for the steps that carry gradients.
-Recomputation (checkpointing, and the recomputed hidden layer of the fast path) is not counted.
+Recomputation (checkpointing, and the recomputed hidden layer of the fast path) is not counted. ``peak_share``
+is that rate over this machine's matrix-product peak in the row's precision, measured by the bench itself at the
+start (:func:`matmul_peak`: the best of several large ``torch.mm`` at the workers' thread count).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
+import math
 import re
 import statistics
 import subprocess
@@ -111,6 +116,7 @@ def parse_perceptions(text: str) -> list[str]:
 FIELDS = (
     "perception",
     "size",
+    "state",
     "batch",
     "steps",
     "impl",
@@ -118,6 +124,7 @@ FIELDS = (
     "s_per_iter",
     "cells_steps_per_s",
     "gflops",
+    "peak_share",
     "peak_mem_gb",
 )
 
@@ -126,27 +133,32 @@ FIELDS = (
 
 
 class BaselineNCA(nn.Module):
-    """The NCA as public reimplementations typically write it: per-operator convs, Linear on NHWC, fp32.
+    """The NCA as a good public PyTorch port writes it: the state kept NHWC between steps, all operators (identity
+    included) in one depthwise ``F.conv2d``, the update network as ``nn.Linear`` layers on the NHWC tensor, fp32,
+    nothing fused, compiled or skipped.
 
     Same model as :class:`ncalab.nca.NCA` (``from_nca`` copies its weights), so the two compute the same rollout
-    (the fire mask draws ``torch.rand(B, H, W, 1)``, the same numbers in the same order as the NCA's).
+    (the fire mask draws ``torch.rand(B, H, W, 1)``, the same numbers in the same order as the NCA's). It reads a
+    perception only through the contract of :class:`ncalab.perception.Perception` (``operator_weight()``,
+    ``response_scale()``).
     """
 
     def __init__(self, perception: Perception, channels: int = CHANNELS, hidden: int = HIDDEN):
         super().__init__()
         self.channels = channels
         self.n_ops = perception.n_ops
-        self.kernel_size = perception.kernel_size
-        weight = perception.operator_weight().detach().reshape(channels, self.n_ops, self.kernel_size, -1)
-        # One C x 1 x k x k depthwise weight per operator.
-        kernels = weight.permute(1, 0, 2, 3).unsqueeze(2).contiguous()
+        self.kernel_size = k = perception.kernel_size
+        ops = perception.operator_weight().detach().clone()  # C*n x 1 x k x k, channel-major
         trainable = any(p.requires_grad for p in perception.parameters())
         if trainable:
-            self.kernels = nn.Parameter(kernels)
+            self.ops = nn.Parameter(ops)
         else:
-            self.register_buffer("kernels", kernels)
-        scale = getattr(perception, "scale", None)
-        self.scale = nn.Parameter(scale.detach().clone()) if isinstance(scale, torch.Tensor) else None
+            self.register_buffer("ops", ops)
+        ident = torch.zeros(channels, 1, k, k)
+        ident[:, 0, k // 2, k // 2] = 1.0
+        self.register_buffer("ident", ident)
+        scale = perception.response_scale()
+        self.scale = None if scale is None else nn.Parameter(scale.detach().clone().reshape(-1))
         self.fc0 = nn.Linear(channels * (1 + self.n_ops), hidden)
         self.fc1 = nn.Linear(hidden, channels)
         nn.init.zeros_(self.fc1.weight)
@@ -157,9 +169,11 @@ class BaselineNCA(nn.Module):
         base = cls(nca.perception, nca.channels, nca.hidden)
         c, n = nca.channels, nca.perception.n_ops
         w0 = nca.update[0].weight.detach().flatten(1)  # columns: identity c..., then c0:op0..opN, c1:...
-        ident, resp = w0[:, :c], w0[:, c:].reshape(-1, c, n).permute(0, 2, 1).reshape(-1, c * n)
+        ident, resp = w0[:, :c], w0[:, c:].reshape(-1, c, n)
+        # The baseline's perception is channel-major with the identity first: c0:id,op0..opN, c1:id,...
+        weight = torch.cat([ident[:, :, None], resp], dim=2).reshape(-1, c * (1 + n))
         with torch.no_grad():
-            base.fc0.weight.copy_(torch.cat([ident, resp], dim=1))  # op-major: identity, op0 c..., op1 c...
+            base.fc0.weight.copy_(weight)
             base.fc0.bias.copy_(nca.update[0].bias)
             base.fc1.weight.copy_(nca.update[2].weight.flatten(1))
             if nca.update[2].bias is not None:
@@ -168,39 +182,47 @@ class BaselineNCA(nn.Module):
                 base.fc1.bias.zero_()
         return base
 
+    def kernels(self) -> torch.Tensor:
+        c, k = self.channels, self.kernel_size
+        return torch.cat([self.ident, self.ops.reshape(c, self.n_ops, k, k)], dim=1).reshape(-1, 1, k, k)
+
     def alive(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x[:, ALPHA : ALPHA + 1], kernel_size=3, stride=1, padding=1) > 0.1
+        """``B x H x W x 1``: the 3x3 max-pool of alpha above 0.1 (``x`` is NHWC)."""
+        a = x[..., ALPHA : ALPHA + 1].permute(0, 3, 1, 2)
+        return F.max_pool2d(a, kernel_size=3, stride=1, padding=1).permute(0, 2, 3, 1) > 0.1
 
     def perceive(self, x: torch.Tensor) -> torch.Tensor:
-        ys = [x]
-        for i in range(self.n_ops):
-            y = F.conv2d(x, self.kernels[i], padding=self.kernel_size // 2, groups=self.channels)
-            if self.scale is not None:
-                y = y * (self.scale[i] if self.scale.numel() > 1 else self.scale[0])
-            ys.append(y)
-        return torch.cat(ys, dim=1)
+        """NHWC in, NHWC out: one depthwise convolution over the channels-last view."""
+        y = F.conv2d(
+            x.permute(0, 3, 1, 2), self.kernels(), padding=self.kernel_size // 2, groups=self.channels
+        )
+        y = y.permute(0, 2, 3, 1)
+        if self.scale is not None:
+            c, n = self.channels, self.n_ops
+            ones = torch.ones(c, 1, dtype=y.dtype, device=y.device)
+            y = y * torch.cat([ones, self.scale.reshape(c, n)], dim=1).reshape(-1)
+        return y
 
     def step(self, x: torch.Tensor, fire_rate: float = FIRE_RATE) -> torch.Tensor:
+        """One step on an NHWC state."""
         pre_life = self.alive(x)
-        dx = self.perceive(x).permute(0, 2, 3, 1)
-        dx = self.fc1(F.relu(self.fc0(dx)))
+        dx = self.fc1(F.relu(self.fc0(self.perceive(x))))
         if fire_rate < 1.0:
-            dx = (
-                dx
-                * (torch.rand(dx.shape[0], dx.shape[1], dx.shape[2], 1, device=x.device) < fire_rate).float()
-            )
-        x = x + dx.permute(0, 3, 1, 2)
+            dx = dx * (torch.rand(x.shape[0], x.shape[1], x.shape[2], 1, device=x.device) < fire_rate).float()
+        x = x + dx
         post_life = self.alive(x)
         return x * (pre_life & post_life).float()
 
     def rollout(self, x: torch.Tensor, steps: int, backprop_steps: int | None = None) -> torch.Tensor:
+        """``B x C x H x W`` in and out (like :meth:`NCA.rollout`); NHWC in between."""
+        x = x.permute(0, 2, 3, 1).contiguous()
         free = 0 if backprop_steps is None else max(steps - backprop_steps, 0)
         with torch.no_grad():
             for _ in range(free):
                 x = self.step(x)
         for _ in range(steps - free):
             x = self.step(x)
-        return x
+        return x.permute(0, 3, 1, 2)
 
 
 # --- one case ----------------------------------------------------------------------------------------------------
@@ -330,9 +352,6 @@ def worker(spec: Spec, warmup: int) -> None:
 
 class Worker:
     def __init__(self, spec: Spec, warmup: int, threads: int | None):
-        env = dict(os.environ)
-        if spec.impl == "baseline":
-            env["NCALAB_KEEP_HEAP"] = "0"  # the baseline keeps glibc's default allocator behaviour
         cmd = [
             sys.executable,
             "-m",
@@ -346,7 +365,7 @@ class Worker:
             cmd += ["--threads", str(threads)]
         self.spec = spec
         self.times: list[float] = []
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -372,24 +391,48 @@ class Worker:
         return peak
 
 
-def row(spec: Spec, times: list[float], peak: float) -> dict:
+def matmul_peak(device: str = "cpu", n: int = 2048, repeats: int = 8) -> dict[str, float]:
+    """GFLOP/s of the best of ``repeats`` ``n x n`` matrix products, fp32 and bf16, in this process's threads."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    peaks = {}
+    g = torch.Generator().manual_seed(0)
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.rand(n, n, generator=g).to(device=device, dtype=dtype)
+        b = torch.rand(n, n, generator=g).to(device=device, dtype=dtype)
+        torch.mm(a, b)  # warm-up (library dispatch, page faults)
+        best = math.inf
+        for _ in range(repeats):
+            sync()
+            t = time.perf_counter()
+            torch.mm(a, b)
+            sync()
+            best = min(best, time.perf_counter() - t)
+        peaks[name] = round(2 * n**3 / best / 1e9, 1)
+    return peaks
+
+
+def row(spec: Spec, times: list[float], peak: float, peaks: dict[str, float] | None = None) -> dict:
     s = statistics.median(times)
     cells_steps = spec.batch * spec.size * spec.size * spec.steps
+    gflops = flops_per_iter(spec) / s / 1e9
+    peak_gflops = (peaks or {}).get(spec.precision)
     out = {
         "perception": spec.perception,
         "size": spec.size,
+        "state": spec.state,
         "batch": spec.batch,
         "steps": spec.steps,
         "impl": spec.impl,
         "precision": spec.precision,
         "s_per_iter": round(s, 5),
         "cells_steps_per_s": round(cells_steps / s, 1),
-        "gflops": round(flops_per_iter(spec) / s / 1e9, 3),
+        "gflops": round(gflops, 3),
+        "peak_share": round(gflops / peak_gflops, 4) if peak_gflops else None,
+        "peak_gflops": peak_gflops,
         "peak_mem_gb": round(peak, 3),
         "checkpoint_every": spec.checkpoint_every,
         "backprop_steps": spec.backprop_steps,
         "device": spec.device,
-        "state": spec.state,
         "repeats": len(times),
     }
     return out
@@ -418,7 +461,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ncalab variants, e.g. none,16; 'default' = what the perception's config sets (baseline: always)",
     )
     ap.add_argument(
-        "--state", default="pattern", choices=STATES, help="start state of each rollout (see docs)"
+        "--state",
+        default="dense,pattern",
+        help=f"start states of the rollouts, comma-separated: {', '.join(STATES)} (see start_state)",
     )
     ap.add_argument("--repeats", type=int, default=3, help="timed iterations per implementation (median)")
     ap.add_argument("--warmup", type=int, default=1)
@@ -434,18 +479,22 @@ def cases(args: argparse.Namespace) -> list[tuple[Spec, list[Spec]]]:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    states = [t.strip() for t in args.state.split(",") if t.strip()]
+    bad = [t for t in states if t not in STATES]
+    if bad or not states:
+        raise SystemExit(f"--state {args.state!r}: accepted: {', '.join(STATES)} (comma-separated)")
     groups = []
     for name in parse_perceptions(args.perceptions):
         default_bp = perception_factory(name)[1]
         bps = [default_bp] if args.backprop_steps == "default" else _options(args.backprop_steps, int)
-        for size in _options(args.sizes, int):
+        for size, state in ((z, t) for z in _options(args.sizes, int) for t in states):
             common = {
                 "perception": name,
                 "size": size,
                 "batch": args.batch,
                 "steps": args.steps,
                 "device": device,
-                "state": args.state,
+                "state": state,
             }
             base = Spec(impl="baseline", backprop_steps=default_bp, **common)
             variants = [
@@ -468,23 +517,32 @@ def print_row(r: dict, as_json: bool) -> None:
     if r["backprop_steps"]:
         extra.append(f"bp={r['backprop_steps']}")
     speed = f"{r['speedup']:5.2f}x" if "speedup" in r else "     -"
+    share = f"{100 * r['peak_share']:5.1f}%" if r.get("peak_share") is not None else "    -"
     print(
-        f"{r['perception']:<20} {r['size']:>4} {r['impl']:<8} {r['precision']:<4} {' '.join(extra):<12} "
-        f"{r['s_per_iter']:8.3f} s/it {r['cells_steps_per_s']:>12.4g} cell-steps/s {r['gflops']:7.2f} GFLOP/s "
-        f"{r['peak_mem_gb']:6.2f} GB  {speed}",
+        f"{r['perception']:<20} {r['size']:>4} {r['state']:<7} {r['impl']:<8} {r['precision']:<4} "
+        f"{' '.join(extra):<12} {r['s_per_iter']:8.3f} s/it {r['cells_steps_per_s']:>12.4g} cell-steps/s "
+        f"{r['gflops']:7.2f} GFLOP/s {share} of peak {r['peak_mem_gb']:6.2f} GB  {speed}",
         flush=True,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    keep_heap()  # ncalab.allocator; the baseline's workers run with NCALAB_KEEP_HEAP=0 (glibc's default)
+    keep_heap()  # ncalab.allocator, for every worker alike (NCALAB_KEEP_HEAP=0 turns it off for all)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
         worker(Spec(**json.loads(args.worker)), args.warmup)
         return 0
-    for base_spec, variants in cases(args):
+    groups = cases(args)
+    peaks = matmul_peak(groups[0][0].device) if groups else {}
+    if not args.json:  # JSON rows carry it as peak_gflops
+        print(
+            f"matrix-product peak here ({torch.get_num_threads()} threads): "
+            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()),
+            flush=True,
+        )
+    for base_spec, variants in groups:
         # The baseline and the first variant start (import, build, warm up) side by side; later variants
         # start one at a time, so that at most two workers hold memory.
         base = None if args.no_baseline else Worker(base_spec, args.warmup, args.threads)
@@ -504,12 +562,12 @@ def main(argv: list[str] | None = None) -> int:
                 w.run()
                 if base is not None and r % 2 == 1:
                     window.append(base.run())
-            r = row(spec, w.times, w.stop())
+            r = row(spec, w.times, w.stop(), peaks)
             if window:
                 r["speedup"] = round(statistics.median(window) / r["s_per_iter"], 3)
             rows.append(r)
         if base is not None:
-            rows.insert(0, row(base_spec, base.times, base.stop()))
+            rows.insert(0, row(base_spec, base.times, base.stop(), peaks))
         for r in rows:
             print_row(r, args.json)
     return 0
