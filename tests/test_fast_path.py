@@ -245,3 +245,40 @@ def test_perception_with_its_own_forward_is_used_as_is():
 def test_invalid_fast_path_options_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         NCA(FixedPerception(CHANNELS), channels=CHANNELS, hidden=HIDDEN, **kwargs)
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.0, -0.2])
+def test_alive_cells_are_the_alive_mask(threshold):
+    from ncalab import fast_step
+    from ncalab.nca import alive_mask
+
+    assert fast_step.ALPHA == ALPHA
+    x = random_state(batch=3, size=11, seed=4) - 0.3  # alphas on both sides of each threshold, edges included
+    assert torch.equal(fast_step.alive_cells(x, threshold), alive_mask(x, threshold))
+
+
+def test_only_firing_cells_near_live_ones_go_through_the_update_network(monkeypatch):
+    from ncalab import fast_step
+
+    nca = make_nca("sobel3", fire_rate=0.5)
+    x = torch.ones(2, CHANNELS, 16, 16)  # every cell alive: only the fire mask thins the rows
+    x[1] = 0
+    x[1, :, 8, 8] = 1  # one live cell: its 5x5 surroundings can matter
+    seen = []
+    apply = fast_step.UpdateMLP.apply
+    monkeypatch.setattr(fast_step.UpdateMLP, "apply", lambda y, *a: seen.append(y.shape[0]) or apply(y, *a))
+    torch.manual_seed(2)
+    fast = nca.step(x)
+    torch.manual_seed(2)
+    fire = torch.rand(2 * 16 * 16) < 0.5
+    assert seen == [int(fire[:256].sum()) + int(fire[256:].view(16, 16)[6:11, 6:11].sum())]
+    torch.manual_seed(2)
+    torch.testing.assert_close(fast, nca.plain_step(x), rtol=1e-5, atol=1e-5)
+
+
+def test_gathered_bf16_rows_are_padded_to_few_sizes():
+    from ncalab.fast_step import padded_rows
+
+    assert [padded_rows(m) for m in (1, 64, 65, 2047, 2048, 20700)] == [64, 64, 128, 2048, 2048, 21504]
+    sizes = {padded_rows(m) for m in range(19000, 22000)}
+    assert len(sizes) <= 4 and all(s % 1024 == 0 for s in sizes)

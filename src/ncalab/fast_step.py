@@ -12,11 +12,16 @@ training, evaluation, media, the bench. How it differs from the plain step:
 - The update network (1x1 conv -> ReLU -> 1x1 conv) is one autograd function: two matrix products forward, four
   backward, no separate bias passes. (Recomputing its hidden layer in backward instead of storing it saves memory
   but measured slower on CPU: ``UpdateMLP.recompute_hidden``, off by default.)
-- On CPU, when at most ``sparse_below`` of the grid is within one cell of a live cell, only those cells are
-  perceived and updated (exact: every other cell's update is masked away).
-- ``precision="bf16"`` runs perception and update in bfloat16 (AMX / tensor cores); the state itself, the
-  residual sum and the alive masks stay float32, so small updates are not rounded away step after step. This is
-  the one place the fast path differs from the plain step by more than rounding (tested within a few percent).
+- On CPU only the cells whose update can matter go through the update network: those that fire (about half at
+  the default fire rate of 0.5) and are within one cell of a live cell (exact: every other cell's update is masked
+  away, and it carries no gradient); their updates are added back with one ``index_add``. ``nca.sparse_below``
+  (default 0.75) is the share of the grid above which every cell is updated instead (0: always every cell).
+- The alive masks are boolean 3x3 dilations of ``alpha > threshold`` (the same booleans as the max-pool).
+- ``precision="bf16"`` runs the update network in bfloat16 (AMX / tensor cores), and the perception too on GPU
+  (on CPU bf16 depthwise convolutions are slower than float32 ones, so it stays float32 there and its output is
+  rounded to bf16); the state itself, the residual sum and the alive masks stay float32, so small updates are not
+  rounded away step after step. This is the one place the fast path differs from the plain step by more than
+  rounding (tested within a few percent). Gathered rows are padded to few sizes (:func:`padded_rows`).
 - ``checkpoint_every=k`` checkpoints the rollout in segments of k steps (recompute instead of store):
   :func:`run_checkpointed`.
 
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
     from ncalab.nca import NCA
 
 PRECISIONS = ("fp32", "bf16")
+ALPHA = 3  # the alpha channel (ncalab.nca.ALPHA; nca imports this module, so it is not imported from there)
 _LOW = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -52,13 +58,20 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         b, c, h, w = x.shape
         n = b * h * w
-        pre = nca.alive(x)
-        rows = None if nca._compiled or x.device.type != "cpu" else live_rows(pre, nca.sparse_below)
-        parts = perceive_rows(nca.perception, x, low)
+        pre = alive_cells(x, nca.alive_threshold)
+        # Same draws, in the same (b, h, w) order, as the plain step's torch.rand(b, 1, h, w).
+        fire = torch.rand(n, 1, device=x.device) < fire_rate if fire_rate < 1.0 else None
+        rows = None if nca._compiled or x.device.type != "cpu" else update_rows(pre, fire, nca.sparse_below)
+        # Perception in float32 even for bf16: a depthwise convolution is cheap, and bf16 ones run slower on CPU.
+        parts = perceive_rows(nca.perception, x, low if x.device.type != "cpu" else None)
         if rows is not None:
             parts = [t.index_select(0, rows) for t in parts]
         m = parts[0].shape[0]
         y = torch.cat([*parts, torch.ones(m, 1, dtype=parts[0].dtype, device=x.device)], dim=1)
+        if low is not None:
+            y = y.to(low)
+            if rows is not None:  # see padded_rows
+                y = F.pad(y, (0, 0, 0, padded_rows(m) - m))
         l1, l2 = nca.update[0], nca.update[2]
         w1, w2 = l1.weight.flatten(1), l2.weight.flatten(1)
         if nca._compiled:  # plain ops: inductor fuses them itself
@@ -67,14 +80,15 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
             dx = F.linear(F.linear(y, w1a).relu(), w2.to(y.dtype), b2)
         else:
             dx = UpdateMLP.apply(y, w1, l1.bias, w2, l2.bias)
-        if fire_rate < 1.0:
-            # Same draws, in the same (b, h, w) order, as the plain step's torch.rand(b, 1, h, w).
-            fire = (torch.rand(n, 1, device=x.device) < fire_rate).to(dx.dtype)
-            dx = dx * (fire if rows is None else fire.index_select(0, rows))
-        if rows is not None:
-            dx = torch.zeros(n, c, dtype=dx.dtype, device=x.device).index_copy(0, rows, dx)
-        x = x + dx.view(b, h, w, c).permute(0, 3, 1, 2).to(x.dtype)
-        post = nca.alive(x)
+        dx = dx[:m]
+        if rows is None:
+            if fire is not None:
+                dx = dx * fire.to(dx.dtype)
+            x = x + dx.view(b, h, w, c).permute(0, 3, 1, 2).to(x.dtype)
+        else:  # only the updated cells change: add their updates in place of a full-grid pass
+            cells = x.permute(0, 2, 3, 1).reshape(n, c)  # a view: x is channels-last
+            x = cells.index_add(0, rows, dx.to(x.dtype)).view(b, h, w, c).permute(0, 3, 1, 2)
+        post = alive_cells(x, nca.alive_threshold)
         return x * (pre & post).to(x.dtype)
 
 
@@ -103,19 +117,46 @@ def perceive_rows(perception: Perception, x: torch.Tensor, low: torch.dtype | No
     ]
 
 
-def live_rows(pre: torch.Tensor, sparse_below: float) -> torch.Tensor | None:
+def padded_rows(m: int) -> int:
+    """``m`` rounded up to a coarse bucket (1/16 to 1/32 of it, at least 64 rows).
+
+    oneDNN builds a bf16 matrix-product kernel for each new shape (~15 ms on this CPU, more than the product); the
+    number of updated cells changes every step, so the rows are padded with zero rows (no bias: they add nothing,
+    forward or backward) to one of few sizes that its kernel cache keeps.
+    """
+    bucket = max(64, 1 << max(m.bit_length() - 5, 0))
+    return -(-m // bucket) * bucket
+
+
+def dilate3(mask: torch.Tensor) -> torch.Tensor:
+    """``B x 1 x H x W`` boolean: true where any cell of the 3x3 neighbourhood is (outside the grid: false)."""
+    p = F.pad(mask, (1, 1, 1, 1))
+    rows = p[..., :-2] | p[..., 1:-1] | p[..., 2:]
+    return rows[..., :-2, :] | rows[..., 1:-1, :] | rows[..., 2:, :]
+
+
+def alive_cells(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``ncalab.nca.alive_mask(x, threshold)``, the same booleans: a 3x3 max-pool of alpha above ``threshold`` is
+    alpha above it somewhere in the 3x3 neighbourhood (a boolean dilation, ~10x cheaper than the pool on CPU)."""
+    return dilate3(x.detach()[:, ALPHA : ALPHA + 1] > threshold)
+
+
+def update_rows(pre: torch.Tensor, fire: torch.Tensor | None, sparse_below: float) -> torch.Tensor | None:
     """Rows (cells, in ``b, h, w`` order) whose update can matter, or None to update every cell.
 
-    A cell's update survives only where it was alive before the step, and it can reach another cell only
-    through that cell's 3x3 "alive after" max-pool; so cells farther than one cell from every live one are
-    skipped exactly. Used on CPU when it skips enough cells to pay for the gather (on GPU dense is cheaper,
-    and keeps the step free of host syncs for graphs and compile).
+    A cell's update is used only if the cell fires (``fire``; every cell at fire rate 1) and, since it survives
+    only where the cell was alive before the step and reaches other cells only through their 3x3 "alive after"
+    test, only if the cell is within one cell of a live one. Every other cell's update is masked away, so skipping
+    it is exact, in values and gradients. Used on CPU when the rows that matter are at most ``sparse_below`` of the
+    grid (with the default fire rate of 0.5 that is about half of a full grid; on GPU every cell is updated,
+    which is cheaper there and keeps the step free of host syncs for graphs and compile).
     """
-    need = F.max_pool2d(pre.to(torch.float32), kernel_size=3, stride=1, padding=1).flatten() > 0
-    count = int(need.sum())
-    if count > sparse_below * need.numel():
+    keep = dilate3(pre).flatten()
+    if fire is not None:
+        keep = keep & fire.flatten()
+    if int(keep.sum()) > sparse_below * keep.numel():
         return None
-    return need.nonzero().squeeze(1)
+    return keep.nonzero().squeeze(1)
 
 
 class UpdateMLP(torch.autograd.Function):

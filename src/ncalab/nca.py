@@ -47,7 +47,7 @@ class NCA(nn.Module):
     over thousands of steps. It mattered with a recipe that damaged most of each batch and hardly with the holding
     recipe (README "A recipe that holds"); off is the safer default.
 
-    ``precision``: ``fp32`` or ``bf16`` (perception and update network in bfloat16, state in float32).
+    ``precision``: ``fp32`` or ``bf16`` (the update network in bfloat16, and the perception on GPU; state in float32).
     ``checkpoint_every``: ``None`` or k, gradient checkpointing of the rollout in segments of k steps.
     Both are options of the fast path (:mod:`ncalab.fast_step`); the rule is the same.
     """
@@ -95,7 +95,8 @@ class NCA(nn.Module):
             nn.init.zeros_(self.update[-1].bias)
         self._step: Callable[[torch.Tensor], torch.Tensor] = self.step
         self._compiled = False
-        # Fast path: update only cells near live ones when at most this fraction of the grid needs it (CPU only).
+        # Fast path (CPU): update only the cells that fire and are near live ones when they are at most this
+        # fraction of the grid (ncalab.fast_step.update_rows).
         self.sparse_below = 0.75
 
     def plain_step(self, x: torch.Tensor, fire_rate: float | None = None) -> torch.Tensor:
