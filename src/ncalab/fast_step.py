@@ -6,9 +6,11 @@ training, evaluation, media, the bench. How it differs from the plain step:
 
 - The state is kept channels-last in memory (logical shape still ``B x C x H x W``), so that the perception's
   output is a ``(B*H*W) x K`` matrix without a copy and the two 1x1 convolutions are two matrix products.
-- All operators of a perception are one depthwise convolution; a constant-one column is appended to the
-  perception output so that the first layer's bias rides in its matrix product (no bias pass, and its gradient
-  comes out of the weight-gradient product).
+- Each operator of a perception is one depthwise convolution with one kernel per channel (3-4x faster on CPU than
+  one convolution with ``n_ops`` kernels per channel), its responses a block of columns (op-major; the first
+  layer's columns are reordered to match); a constant-one column is appended to the perception output so that
+  the first layer's bias rides in its matrix product (no bias pass, and its gradient comes out of the
+  weight-gradient product).
 - The update network (1x1 conv -> ReLU -> 1x1 conv) is one autograd function: two matrix products forward, four
   backward, no separate bias passes. (Recomputing its hidden layer in backward instead of storing it saves memory
   but measured slower on CPU: ``UpdateMLP.recompute_hidden``, off by default.)
@@ -26,7 +28,7 @@ training, evaluation, media, the bench. How it differs from the plain step:
   :func:`run_checkpointed`.
 
 A perception is used only through the contract written in ``ncalab.perception.Perception``: its depthwise
-``operator_weight()``, ``scale_responses``, ``kernel_size`` and ``channels``; a subclass that overrides
+``operator_weight()``, ``response_scale()``, ``kernel_size``, ``n_ops`` and ``channels``; a subclass that overrides
 ``forward`` is outside the contract and is called as it is.
 """
 
@@ -63,7 +65,7 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
         fire = torch.rand(n, 1, device=x.device) < fire_rate if fire_rate < 1.0 else None
         rows = None if nca._compiled or x.device.type != "cpu" else update_rows(pre, fire, nca.sparse_below)
         # Perception in float32 even for bf16: a depthwise convolution is cheap, and bf16 ones run slower on CPU.
-        parts = perceive_rows(nca.perception, x, low if x.device.type != "cpu" else None)
+        parts, op_major = perceive_rows(nca.perception, x, low if x.device.type != "cpu" else None)
         if rows is not None:
             parts = [t.index_select(0, rows) for t in parts]
         m = parts[0].shape[0]
@@ -74,6 +76,12 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
                 y = F.pad(y, (0, 0, 0, padded_rows(m) - m))
         l1, l2 = nca.update[0], nca.update[2]
         w1, w2 = l1.weight.flatten(1), l2.weight.flatten(1)
+        if (
+            op_major
+        ):  # the layer's response columns are channel-major (c0: op0..opN, c1: ...), the parts op-major
+            w1 = torch.cat(
+                [w1[:, :c], w1[:, c:].view(-1, c, nca.perception.n_ops).transpose(1, 2).flatten(1)], 1
+            )
         if nca._compiled:  # plain ops: inductor fuses them itself
             w1a = torch.cat([w1, l1.bias[:, None]], dim=1).to(y.dtype)
             b2 = None if l2.bias is None else l2.bias.to(y.dtype)
@@ -100,21 +108,36 @@ def low_dtype(precision: str, x: torch.Tensor) -> torch.dtype | None:
     return low
 
 
-def perceive_rows(perception: Perception, x: torch.Tensor, low: torch.dtype | None) -> list[torch.Tensor]:
-    """The perception as ``(B*H*W) x K_i`` row blocks (channels-last views, no copy), identity first."""
+def perceive_rows(
+    perception: Perception, x: torch.Tensor, low: torch.dtype | None
+) -> tuple[list[torch.Tensor], bool]:
+    """The perception as ``(B*H*W) x K_i`` row blocks (channels-last views, no copy), identity first, and whether
+    the responses come op-major (one block per operator, each ``C`` wide) rather than channel-major.
+
+    Each operator is its own depthwise convolution (one kernel per channel): on CPU that is 3-4x faster, forward
+    and backward, than one convolution with ``n_ops`` kernels per channel.
+    """
     xi = x if low is None else x.to(low)
     p = perception
     if type(p).forward is Perception.forward:
+        c, n, k = p.channels, p.n_ops, p.kernel_size
         weight = p.operator_weight()
-        weight = weight if low is None else weight.to(low)
-        responses = p.scale_responses(F.conv2d(xi, weight, padding=p.kernel_size // 2, groups=p.channels))
-        parts = [xi, responses.to(xi.dtype)]
+        weight = (weight if low is None else weight.to(low)).view(c, n, k, k)
+        factor = p.response_scale()
+        factor = None if factor is None else factor.to(xi.dtype).view(c, n)
+        parts = [xi]
+        for o in range(n):
+            r = F.conv2d(xi, weight[:, o : o + 1], padding=k // 2, groups=c)
+            parts.append(r if factor is None else r * factor[:, o].view(1, c, 1, 1))
+        op_major = n > 1
     else:  # a subclass with its own forward: use it as it is
         parts = [p(xi).to(xi.dtype)]
+        op_major = False
     rows = x.shape[0] * x.shape[2] * x.shape[3]
-    return [
+    blocks = [
         t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(rows, -1) for t in parts
     ]
+    return blocks, op_major
 
 
 def padded_rows(m: int) -> int:
