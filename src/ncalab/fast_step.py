@@ -66,14 +66,14 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
         rows = None if nca._compiled or x.device.type != "cpu" else update_rows(pre, fire, nca.sparse_below)
         # Perception in float32 even for bf16: a depthwise convolution is cheap, and bf16 ones run slower on CPU.
         parts, op_major = perceive_rows(nca.perception, x, low if x.device.type != "cpu" else None)
-        if rows is not None:
-            parts = [t.index_select(0, rows) for t in parts]
-        m = parts[0].shape[0]
-        y = torch.cat([*parts, torch.ones(m, 1, dtype=parts[0].dtype, device=x.device)], dim=1)
-        if low is not None:
-            y = y.to(low)
-            if rows is not None:  # see padded_rows
-                y = F.pad(y, (0, 0, 0, padded_rows(m) - m))
+        if rows is None:
+            m = n
+            y = torch.cat([*parts, torch.ones(m, 1, dtype=parts[0].dtype, device=x.device)], dim=1)
+            y = y if low is None else y.to(low)
+        else:
+            m = rows.numel()
+            # bf16 rows are padded to few sizes (see padded_rows); fp32 ones need not be.
+            y = GatherRows.apply(rows, m if low is None else padded_rows(m), low or parts[0].dtype, *parts)
         l1, l2 = nca.update[0], nca.update[2]
         w1, w2 = l1.weight.flatten(1), l2.weight.flatten(1)
         if (
@@ -180,6 +180,40 @@ def update_rows(pre: torch.Tensor, fire: torch.Tensor | None, sparse_below: floa
     if int(keep.sum()) > sparse_below * keep.numel():
         return None
     return keep.nonzero().squeeze(1)
+
+
+class GatherRows(torch.autograd.Function):
+    """``cat([p[rows] for p in parts] + [ones])`` in ``dtype``, zero rows below up to ``total`` rows, in one
+    buffer; backward writes the gradient of every part with one ``index_copy_`` (``rows`` are distinct, so
+    nothing accumulates: cheaper than the scatter-add of each ``index_select``'s backward)."""
+
+    @staticmethod
+    def forward(ctx, rows, total, dtype, *parts):
+        m = rows.numel()
+        widths = [p.shape[1] for p in parts]
+        k = sum(widths)
+        y = torch.empty(total, k + 1, dtype=dtype, device=rows.device)
+        col = 0
+        for p, w in zip(parts, widths, strict=True):
+            y[:m, col : col + w] = p.index_select(0, rows)
+            col += w
+        y[:m, k] = 1.0
+        y[m:] = 0.0
+        ctx.save_for_backward(rows)
+        ctx.n, ctx.widths, ctx.dtype = parts[0].shape[0], widths, parts[0].dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (rows,) = ctx.saved_tensors
+        k = sum(ctx.widths)
+        full = torch.zeros(ctx.n, k, dtype=ctx.dtype, device=g.device)
+        full.index_copy_(0, rows, g[: rows.numel(), :k].to(ctx.dtype))
+        grads, col = [], 0
+        for w in ctx.widths:
+            grads.append(full[:, col : col + w])
+            col += w
+        return None, None, None, *grads
 
 
 class UpdateMLP(torch.autograd.Function):
