@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from ncalab.train import parent_death_signal
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 PERCEPTIONS = sorted(p.stem for p in (CONF / "perception").glob("*.yaml"))
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def dies_with_the_tests() -> None:
+    """``preexec_fn`` for a process a test starts (a long run, a server): on Linux the kernel kills it when the
+    test process ends, so that a killed or interrupted test run leaves no training running behind it."""
+    parent_death_signal(signal.SIGKILL)
 
 
 def make_cfg(output_dir: Path, *overrides: str) -> DictConfig:

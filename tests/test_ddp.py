@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, make_cfg
+from conftest import ROOT, dies_with_the_tests, make_cfg
 
 from ncalab.checkpoint import read_checkpoint
 from ncalab.data import NCADataModule, shard_bounds
@@ -257,7 +257,9 @@ def test_processes_die_with_a_killed_run_and_write_nothing_more(tmp_path):
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     log = tmp_path / "stderr.txt"
     with log.open("w") as err:
-        parent = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        parent = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=dies_with_the_tests
+        )
     workers: list[int] = []
     try:
         pid_files = [probes / f"rank{r}.pid" for r in range(2)]
@@ -333,7 +335,9 @@ def test_a_signal_to_the_run_process_alone_stops_every_process_with_a_checkpoint
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     log = tmp_path / "stderr.txt"
     with log.open("w") as err:
-        parent = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        parent = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=dies_with_the_tests
+        )
     workers: list[int] = []
     try:
         pid_files = [probes / f"rank{r}.pid" for r in range(2)]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PERCEPTIONS, ROOT, make_cfg
+from conftest import PERCEPTIONS, ROOT, dies_with_the_tests, make_cfg
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -399,6 +399,7 @@ def served():
         stderr=subprocess.STDOUT,
         text=True,
         cwd=ROOT,
+        preexec_fn=dies_with_the_tests,
     )
     try:
         seen, deadline = [], time.monotonic() + 60

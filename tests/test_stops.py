@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, dies_with_the_tests
 
 from ncalab.checkpoint import read_checkpoint
 from ncalab.train import run
@@ -36,6 +36,7 @@ def start_long_run(run_dir: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=dies_with_the_tests,
     )
 
 
@@ -119,3 +120,29 @@ def test_a_signal_in_process_stops_after_the_step_with_a_checkpoint(smoke_cfg, t
     )
     assert not (out / "evaluation.json").exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers are put back
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+def test_a_process_a_test_starts_dies_with_the_test_process(tmp_path):
+    """A killed test run (SIGTERM skips every ``finally``) must not leave a 100,000-step run training."""
+    script = (
+        "import subprocess, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from conftest import dies_with_the_tests\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+        " preexec_fn=dies_with_the_tests)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    tester = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        child = int(tester.stdout.readline())
+        os.kill(child, 0)  # running
+        tester.terminate()
+        tester.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+            time.sleep(0.05)
+        assert not Path(f"/proc/{child}").exists(), "the started process outlived the test process"
+    finally:
+        tester.kill()

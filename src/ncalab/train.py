@@ -158,7 +158,7 @@ def _end_now() -> None:
     os._exit(1)  # where SIGKILL does not exist
 
 
-def _parent_death_signal(signum: int) -> bool:
+def parent_death_signal(signum: int) -> bool:
     """Linux: the kernel sends ``signum`` to this process when the thread that started it ends."""
     if not sys.platform.startswith("linux"):
         return False
@@ -187,7 +187,7 @@ def watch_parent(parent: int, every: float = 0.5) -> bool:
         return False
     if os.getppid() != parent and pid_alive(parent):
         return False
-    _parent_death_signal(getattr(signal, "SIGKILL", signal.SIGTERM))
+    parent_death_signal(getattr(signal, "SIGKILL", signal.SIGTERM))
     if os.getppid() != parent:  # it died before the line above (or before this process got here)
         _end_now()
     threading.Thread(
