@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 PIP_QUIET := --quiet --disable-pip-version-check
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format clean targets compare bench demo gpu-check
+.PHONY: help install train test test-fast lint format clean targets compare bench demo gpu-check
 SWEEP ?= $(lastword $(sort $(wildcard outputs/multirun/*)))
 GPU_CHECK_OUT ?= $(if $(OUT),$(OUT),outputs/gpu_check/$(shell date +%Y-%m-%d_%H-%M-%S))
 
@@ -29,6 +29,9 @@ train: install ## train the quickstart (small built-in target, < 10 min on a 2-c
 
 test: install ## run the test suite
 	$(PY) -m pytest $(ARGS)
+
+test-fast: install ## the fast tests only (unit tests, < 40 s): everything but -m slow
+	$(PY) -m pytest -m "not slow" $(ARGS)
 
 compare: install ## report.html for a sweep: make compare SWEEP=outputs/multirun/<date>_<time> (default: newest)
 	$(PY) -m ncalab.compare $(SWEEP)

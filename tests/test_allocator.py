@@ -55,6 +55,7 @@ def run_probe(body: str, tmp_path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_import_leaves_the_allocator_and_training_sets_it_unless_turned_off(tmp_path):
     seen = run_probe(
         f"""
@@ -92,6 +93,7 @@ def test_import_leaves_the_allocator_and_training_sets_it_unless_turned_off(tmp_
     }
 
 
+@pytest.mark.slow
 def test_bench_sets_it_for_baseline_and_ncalab_alike(tmp_path):
     spec = {"perception": "sobel3", "size": 8, "batch": 1, "steps": 1, "impl": "ncalab"}
     seen = run_probe(

@@ -11,6 +11,7 @@ import pytest
 from ncalab.bench import FIELDS, PERCEPTIONS, Spec, flops_per_iter, start_state
 
 
+@pytest.mark.slow
 def test_bench_cli_prints_baseline_and_ncalab_rows_as_json_for_dense_and_pattern_states():
     cmd = [sys.executable, "-m", "ncalab.bench", "--sizes", "12", "--steps", "2", "--batch", "2"]
     cmd += ["--repeats", "1", "--warmup", "0", "--perceptions", "sobel3", "--precision", "fp32", "--json"]
@@ -44,6 +45,7 @@ def test_a_row_takes_the_peak_of_its_own_precision():
         assert r["peak_share"] == pytest.approx(r["gflops"] / peaks[precision], rel=1e-2, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_bad_state_is_refused_with_the_accepted_ones():
     cmd = [sys.executable, "-m", "ncalab.bench", "--state", "dense,sparse", "--sizes", "8"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)

@@ -165,6 +165,7 @@ def _unreachable_tmpdir(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(missing))
 
 
+@pytest.mark.slow
 def test_saves_work_when_tmpdir_is_unusable(smoke_cfg, tmp_path, monkeypatch):
     _unreachable_tmpdir(monkeypatch, tmp_path)
     run(smoke_cfg())
@@ -210,6 +211,7 @@ class FailSavesAfter(L.Callback):
         self.monkeypatch.setattr(shutil, "copyfile", killed_copy)
 
 
+@pytest.mark.slow
 def test_a_save_that_breaks_half_way_keeps_the_last_good_checkpoint(smoke_cfg, tmp_path, monkeypatch):
     with pytest.raises(BaseException):  # noqa: B017 - whichever way the save broke, the run fails
         run(smoke_cfg("trainer.max_steps=6"), [FailSavesAfter(3, monkeypatch)])

@@ -300,6 +300,7 @@ def alive(state: np.ndarray, threshold: float = 0.1) -> np.ndarray:
 # --- export and serve (no browser) ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_writes_the_page_and_exact_weights(site):
     root, _, models = site
     for name in PERCEPTIONS:
@@ -415,6 +416,7 @@ def served():
         proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_serve_prints_a_url_and_serves_the_page(served):
     url = served
     with urllib.request.urlopen(url, timeout=10) as resp:
@@ -460,6 +462,7 @@ def test_server_serves_only_its_folder_and_many_clients_at_once(tmp_path):
 # --- in the browser ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["js", "webgl"])
 def test_parity_with_pytorch_for_every_perception(site, page, backend):
     """64 steps at fire rate 1 from the seed: the page's state matches the PyTorch rollout (RGBA < 1e-3)."""
@@ -485,6 +488,7 @@ def test_parity_with_pytorch_for_every_perception(site, page, backend):
     print(f"[{backend}] " + "; ".join(report))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["js", "webgl"])
 def test_parity_with_pytorch_for_a_mixed_size_bank(site, page, backend):
     """A bank of 3x3 and 5x5 operators (exported zero-padded to 5x5) runs in the page as in PyTorch: 64 steps at
@@ -507,6 +511,7 @@ def test_parity_with_pytorch_for_a_mixed_size_bank(site, page, backend):
     assert err < PARITY_TOL, f"{backend}/{MIXED_BANK}: max |error| {err} after {PARITY_STEPS} steps"
 
 
+@pytest.mark.slow
 def test_backends_agree_with_a_stochastic_fire_mask(site, page):
     """Fire rate 0.5 with the page's seeded RNG: WebGL2 and plain JS give the same pattern, and a different one
     from fire rate 1 (cells really are skipped)."""
@@ -523,6 +528,7 @@ def test_backends_agree_with_a_stochastic_fire_mask(site, page):
     assert alive(states["js"]).sum() > 50
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_pretrained_parity(site, page, name):
     """Each shipped model, opened by name in the page that offers them all, matches PyTorch (64 steps, fire 1)."""
@@ -537,6 +543,7 @@ def test_pretrained_parity(site, page, name):
     assert err < PARITY_TOL, f"pretrained {name} on {info['backend']}: max |RGBA error| {err}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["js", "webgl"])
 def test_erase_by_drag_then_regrow(site, page, tmp_path, backend):
     """Drag across the default model's grown pattern (the flower): the erased cells are dead; stepping on, alive
@@ -632,6 +639,7 @@ def rgba(page) -> torch.Tensor:
     return torch.tensor(d["data"], dtype=torch.float32).view(4, d["H"], d["W"])
 
 
+@pytest.mark.slow
 def test_views_file_loading_and_opening_from_disk(site, page):
     root, base, _ = site
     info = open_demo(page, f"{base}/shipped/index.html?paused=1&backend=js")
@@ -663,6 +671,7 @@ def test_views_file_loading_and_opening_from_disk(site, page):
     assert state[3, GRID // 2, GRID // 2] == 1 and state[3].sum() == 1
 
 
+@pytest.mark.slow
 def test_served_page_offers_every_shipped_model(served, page):
     """``python -m ncalab.demo serve`` (``make demo``): the page opens on the default model, its picker lists
     every shipped model with its perception (name, operators, kernel size, grid), and choosing another one in the
@@ -695,6 +704,7 @@ def test_served_page_offers_every_shipped_model(served, page):
         assert f"name={name}" in page.url
 
 
+@pytest.mark.slow
 def test_picker_switches_models(site, page):
     """A page offering the shipped models and two exported ones: choosing one in the picker runs exactly that
     model (parity with PyTorch), the choice survives a reload (as switching the backend does), and the same works
@@ -738,6 +748,7 @@ def test_picker_switches_models(site, page):
     assert wait_for_model(page, OPENS_ON)["meta"]["perception"] == shipped(OPENS_ON)[1]["perception"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_stays_alive_and_regrows(site, page, tmp_path, name):
     """The demo left alone: the page runs a shipped model from the seed at its own fire rate for HOLD_STEPS steps,
@@ -832,6 +843,7 @@ def test_shipped_model_stays_alive_and_regrows(site, page, tmp_path, name):
     )
 
 
+@pytest.mark.slow
 def test_steps_per_second_readout(site, page):
     _, base, _ = site
     open_demo(page, f"{base}/trainable_scale/index.html?speed=4")

@@ -271,6 +271,7 @@ def test_a_missing_or_broken_folder_exits_2_naming_it(smoke_folder, tmp_path, ca
     assert str(folder) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_broken_checkpoint(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_text("nope")

@@ -226,6 +226,7 @@ def test_no_multirun_experiment_sweeps_the_experiment_group(experiment):
     assert "experiment" not in keys, f"{experiment}: `experiment=` on the command line overrides this sweep"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", MULTIRUN)
 def test_multirun_experiment_launches_its_jobs(experiment):
     _, overrides = job_overrides(f"experiment={experiment}")
@@ -235,12 +236,14 @@ def test_multirun_experiment_launches_its_jobs(experiment):
     assert len(distinct) == len(configs), "two jobs of the sweep train the same thing"
 
 
+@pytest.mark.slow
 def test_operator_banks_sweep_launches_each_bank_over_two_seeds():
     _, overrides = job_overrides("experiment=operators_cpu")
     ops = [list(compose_train(job).perception.ops) for job in overrides]
     assert ops == [bank for bank in BANKS for _ in (0, 1)]
 
 
+@pytest.mark.slow
 def test_seed_comparison_launches_the_five_source_experiments_over_three_seeds():
     _, overrides = job_overrides("experiment=seed_comparison")
     assert len(overrides) == 15
@@ -252,6 +255,7 @@ def test_seed_comparison_launches_the_five_source_experiments_over_three_seeds()
         assert compose_train(job) == alone
 
 
+@pytest.mark.slow
 def test_a_tiny_override_applies_to_every_job_of_the_comparison():
     _, jobs = expand("experiment=seed_comparison", "trainer.max_steps=3", "data.target_size=16")
     assert len(jobs) == 15
@@ -301,6 +305,7 @@ class DryLauncher(Launcher):
 '''
 
 
+@pytest.mark.slow
 def test_train_py_launches_15_jobs_for_the_seed_comparison(tmp_path):
     """The real command line, with a launcher that prints the jobs instead of running them."""
     plugin = tmp_path / "plugins" / "hydra_plugins" / "ncalab_test_dry_launcher"

@@ -57,6 +57,7 @@ RUN_KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_tiny_check_writes_both_summaries(tmp_path):
     out = tmp_path / "check"
     result = subprocess.run(

@@ -12,6 +12,9 @@ import torch
 from ncalab.checkpoint import read_checkpoint
 from ncalab.train import run
 
+# Every test here trains a run through the guard: scenario tests, left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 class PoisonWeights(L.Callback):
     """Fill the first update layer with NaN at the start of the given optimiser steps."""

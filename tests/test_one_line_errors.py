@@ -92,6 +92,7 @@ def trained(tmp_path_factory) -> Path:
     return out / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "tamper, message",
     [

@@ -474,6 +474,7 @@ def test_the_wandb_run_name_names_the_banks_operators(monkeypatch, tmp_path):
     assert logger._wandb_init["config"]["perception"]["ops"] == ["sobel3_x", "laplace3"]
 
 
+@pytest.mark.slow
 def test_the_operators_experiment_sweeps_five_banks_over_two_seeds(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -512,6 +513,7 @@ def test_the_operators_experiment_sweeps_five_banks_over_two_seeds(tmp_path):
 # --- end to end ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_bank_trains_evaluates_and_exports(smoke_cfg, tmp_path):
     from ncalab.demo.__main__ import main as demo_main
     from ncalab.evaluate import load_model

@@ -52,6 +52,7 @@ def test_each_card_shows_the_shipped_evaluation(name):
     assert "10000" in evaluation["long_run"]["loss"]
 
 
+@pytest.mark.slow
 def test_shipping_a_run_exports_evaluates_and_writes_the_card(smoke_cfg, tmp_path, capsys):
     run(smoke_cfg())
     dest = tmp_path / "shipped"

@@ -44,12 +44,14 @@ def test_overflow_is_zero_inside_the_bound_and_grows_outside():
     assert float(overflow(-outside, bound=2.0)) == pytest.approx(1.0 / 256)
 
 
+@pytest.mark.slow
 def test_overflow_penalty_is_trained_and_logged(smoke_cfg, tmp_path):
     run(smoke_cfg("loss.overflow_weight=1.0"))
     rows = [r for r in _metrics(tmp_path / "run") if r.get("train/overflow")]
     assert len(rows) == 4 and all(float(r["train/overflow"]) >= 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_checkpoint_from_before_update_bias_loads_with_its_bias(smoke_cfg, tmp_path):
     run(smoke_cfg("model.update_bias=true"))
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"

@@ -12,6 +12,9 @@ from ncalab.checkpoint import read_checkpoint
 from ncalab.errors import CheckpointError, ConfigError
 from ncalab.train import run
 
+# Every test here resumes a trained run: scenario tests, left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 class LrProbe(L.Callback):
     def __init__(self):

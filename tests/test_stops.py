@@ -17,6 +17,9 @@ from conftest import ROOT, dies_with_the_tests
 from ncalab.checkpoint import read_checkpoint
 from ncalab.train import run
 
+# Every test here stops a training run (or a process it starts): scenario tests, left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def start_long_run(run_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
@@ -51,7 +54,6 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None
         time.sleep(0.05)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_mid_run_saves_records_and_exits_non_zero(tmp_path, sig, code):
     proc = start_long_run(tmp_path)

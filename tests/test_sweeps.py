@@ -93,6 +93,7 @@ def test_a_failing_run_finishes_its_wandb_run(smoke_cfg, tmp_path, monkeypatch):
     assert "boom at step 1" in status(tmp_path / "run")["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logger", ["csv", "tensorboard", "none"])
 def test_other_loggers(smoke_cfg, tmp_path, logger):
     run(smoke_cfg(f"logger={logger}"))

@@ -61,6 +61,7 @@ def test_sequential_or_single_runs_keep_torchs_default(under_hydra):
     assert torch_threads(None)[0] is None
 
 
+@pytest.mark.slow
 def test_a_run_in_a_joblib_sweep_trains_with_its_share(smoke_cfg, under_hydra, monkeypatch, threads_before):
     monkeypatch.setattr(ncalab.train, "available_cores", lambda: 4)
     under_hydra("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
@@ -70,6 +71,7 @@ def test_a_run_in_a_joblib_sweep_trains_with_its_share(smoke_cfg, under_hydra, m
     assert torch.get_num_threads() == threads_before  # the caller's setting comes back
 
 
+@pytest.mark.slow
 def test_the_threads_key_sets_the_runs_threads(smoke_cfg, tmp_path, threads_before):
     probe = ThreadProbe()
     run(smoke_cfg("threads=1", "logger=csv", "callbacks.media=null", "trainer.max_steps=1"), [probe])

@@ -43,6 +43,7 @@ def test_the_source_perceptions_and_the_operator_bank_are_configured():
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("perception", PERCEPTIONS)
 def test_every_perception_trains_and_leaves_its_artefacts(smoke_cfg, tmp_path, perception):
     cfg = smoke_cfg(f"perception={perception}")
@@ -110,6 +111,7 @@ def test_parameter_counts_differ_only_by_trainable_kernels(smoke_cfg):
     assert counts["trainable_scale"] == counts["trainable_truncated"] + 2
 
 
+@pytest.mark.slow
 def test_loss_decreases_by_a_clear_factor(tmp_path):
     from conftest import make_cfg
 
@@ -129,6 +131,7 @@ def test_loss_decreases_by_a_clear_factor(tmp_path):
     assert last < first / 3, (first, last)
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_other_seed_other_run(smoke_cfg, tmp_path):
     runs = {}
     for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
@@ -138,18 +141,21 @@ def test_same_seed_same_run_other_seed_other_run(smoke_cfg, tmp_path):
     assert runs["a"] != runs["c"]
 
 
+@pytest.mark.slow
 def test_learning_rate_drops_at_the_milestone(smoke_cfg, tmp_path):
     run(smoke_cfg("optim.milestones=[2]"))
     lrs = column(read_metrics(tmp_path / "run"), "train/lr")
     assert lrs == pytest.approx([2e-3, 2e-3, 2e-4, 2e-4])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["off", "clip"])
 def test_gradient_modes_train(smoke_cfg, tmp_path, mode):
     run(smoke_cfg(f"grad.mode={mode}", "grad.max_norm=0.5"))
     assert len(column(read_metrics(tmp_path / "run"), "train/grad_norm")) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["growing", "persistent", "regenerating"])
 def test_pool_modes_train(smoke_cfg, tmp_path, mode):
     run(smoke_cfg(f"data.mode={mode}"))
@@ -171,6 +177,7 @@ class PoolProbe(L.Callback):
         self.lr = trainer.optimizers[0].param_groups[0]["lr"]
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_step_with_the_saved_pool(smoke_cfg, tmp_path):
     first = tmp_path / "first"
     run(smoke_cfg("optim.milestones=[2]", out=first))
@@ -196,6 +203,7 @@ def test_resume_continues_from_the_saved_step_with_the_saved_pool(smoke_cfg, tmp
     assert len(read_metrics(first)) >= 4
 
 
+@pytest.mark.slow
 def test_resume_with_another_perception_is_refused(smoke_cfg, tmp_path):
     run(smoke_cfg("perception=sobel3", out=tmp_path / "a"))
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
@@ -207,6 +215,7 @@ def test_resume_with_another_perception_is_refused(smoke_cfg, tmp_path):
     assert not (tmp_path / "b" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoints_are_refused(smoke_cfg, tmp_path):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"not a checkpoint")
@@ -221,6 +230,7 @@ def test_unreadable_checkpoints_are_refused(smoke_cfg, tmp_path):
             run(smoke_cfg(f"ckpt_path={path}", out=tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_a_run_never_overwrites_another_runs_checkpoint(smoke_cfg, tmp_path):
     run(smoke_cfg())
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -235,6 +245,7 @@ def test_a_run_never_overwrites_another_runs_checkpoint(smoke_cfg, tmp_path):
     assert len(list((tmp_path / "run" / "csv").glob("version_*/metrics.csv"))) == 2
 
 
+@pytest.mark.slow
 def test_load_nca_rebuilds_the_trained_model(smoke_cfg, tmp_path):
     run(smoke_cfg("perception=trainable_scale"))
     nca, config = load_nca(tmp_path / "run" / "checkpoints" / "last.ckpt")
