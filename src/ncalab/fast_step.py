@@ -63,9 +63,10 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
         pre = alive_cells(x, nca.alive_threshold)
         # Same draws, in the same (b, h, w) order, as the plain step's torch.rand(b, 1, h, w).
         fire = torch.rand(n, 1, device=x.device) < fire_rate if fire_rate < 1.0 else None
-        rows = None if nca._compiled or x.device.type != "cpu" else update_rows(pre, fire, nca.sparse_below)
-        # Perception in float32 even for bf16: a depthwise convolution is cheap, and bf16 ones run slower on CPU.
-        parts, op_major = perceive_rows(nca.perception, x, low if x.device.type != "cpu" else None)
+        on_cpu = x.device.type == "cpu"
+        rows = update_rows(pre, fire, nca.sparse_below) if on_cpu and not nca._compiled else None
+        # Perception in float32 even for bf16 on CPU: a depthwise convolution is cheap, and bf16 ones run slower.
+        parts, op_major = perceive_rows(nca.perception, x, None if on_cpu else low)
         if rows is None:
             m = n
             y = torch.cat([*parts, torch.ones(m, 1, dtype=parts[0].dtype, device=x.device)], dim=1)
@@ -78,10 +79,9 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
         w1, w2 = l1.weight.flatten(1), l2.weight.flatten(1)
         if (
             op_major
-        ):  # the layer's response columns are channel-major (c0: op0..opN, c1: ...), the parts op-major
-            w1 = torch.cat(
-                [w1[:, :c], w1[:, c:].view(-1, c, nca.perception.n_ops).transpose(1, 2).flatten(1)], 1
-            )
+        ):  # the parts come op-major, the layer's response columns channel-major (c0: op0..opN, ...)
+            ops = w1[:, c:].view(-1, c, nca.perception.n_ops).transpose(1, 2).flatten(1)
+            w1 = torch.cat([w1[:, :c], ops], dim=1)
         if nca._compiled:  # plain ops: inductor fuses them itself
             w1a = torch.cat([w1, l1.bias[:, None]], dim=1).to(y.dtype)
             b2 = None if l2.bias is None else l2.bias.to(y.dtype)

@@ -315,9 +315,11 @@ class Perception(nn.Module):
       operator ``o`` on channel ``c``), applied with zero padding ``k // 2`` and ``groups=C``.
     - ``response_scale()``: ``None`` (responses used as they come) or the factor, one per response
       (``C*n_ops``, same order), that multiplies them; ``scale_responses(r)`` applies it (``r * factor``).
-      Override ``response_scale``; override ``scale_responses`` too only to compute the same product faster.
+      Override ``response_scale``; override ``scale_responses`` too only to compute the same product faster in
+      ``forward`` (the fast path and the demo export read ``response_scale()`` itself).
     - ``forward(x) = cat([x, scale_responses(depthwise_conv(x, operator_weight()))])``. The fast path computes
-      exactly this from the parts above (in bfloat16 when asked), and the demo export writes those parts. A subclass
+      exactly this from the parts above (one operator at a time, in bfloat16 when asked), and the demo export
+      writes those parts. A subclass
       that overrides ``forward`` is outside the contract: the NCA calls it as it is, the demo cannot export it.
 
     A new strategy is one subclass (``operator_weight()``, optionally ``response_scale()``) plus one config file in
