@@ -8,19 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import warm
 from conftest import PERCEPTIONS, ROOT
 
 
 def train(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return warm.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -65,12 +59,10 @@ def test_default_run_dir_is_under_outputs_runs(tmp_path):
         (tmp_path / name).write_text((ROOT / name).read_text())
     (tmp_path / "conf").symlink_to(ROOT / "conf")
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run(
+    result = warm.run(
         [sys.executable, "train.py", "experiment=smoke", "trainer.max_steps=1"],
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+import warm
 from conftest import ROOT
 from PIL import Image
 
@@ -275,13 +275,7 @@ def test_a_missing_or_broken_folder_exits_2_naming_it(smoke_folder, tmp_path, ca
 def test_cli_refuses_a_broken_checkpoint(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_text("nope")
-    result = subprocess.run(
-        [sys.executable, "-m", "ncalab.evaluate", str(bad)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = warm.run([sys.executable, "-m", "ncalab.evaluate", str(bad)], cwd=ROOT, timeout=120)
     assert result.returncode == 2
     assert str(bad) in result.stderr and "Traceback" not in result.stderr
 
@@ -307,11 +301,9 @@ def test_cli_on_a_folder_prints_writes_and_tables(smoke_folder, capsys):
 
 @pytest.mark.slow
 def test_cli_prints_and_writes_the_evaluation(smoke_checkpoint):
-    result = subprocess.run(
+    result = warm.run(
         [sys.executable, "-m", "ncalab.evaluate", str(smoke_checkpoint), "--rollouts", "2", "--video"],
         cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]

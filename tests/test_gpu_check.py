@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 
 import pytest
 import torch
+import warm
 from conftest import CONF, ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -60,12 +60,8 @@ RUN_KEYS = {
 @pytest.mark.slow
 def test_tiny_check_writes_both_summaries(tmp_path):
     out = tmp_path / "check"
-    result = subprocess.run(
-        [sys.executable, "-m", "ncalab.gpu_check", "--out", str(out), "--tiny"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = warm.run(
+        [sys.executable, "-m", "ncalab.gpu_check", "--out", str(out), "--tiny"], cwd=ROOT, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import warm
 from conftest import ROOT
 
 import ncalab.evaluate
@@ -63,13 +63,8 @@ def test_train_py_says_it_in_one_line(tmp_path):
         [f"hydra.run.dir={tmp_path / 'f' / 'run'}"],
     ):
         (tmp_path / "f").write_text("a file where a folder would go")
-        result = subprocess.run(
-            [sys.executable, "train.py", "experiment=smoke", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        result = warm.run(
+            [sys.executable, "train.py", "experiment=smoke", *args], cwd=ROOT, env=env, timeout=120
         )
         assert result.returncode == 2, result.stderr[-2000:]
         assert "Traceback" not in result.stderr

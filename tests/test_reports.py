@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import warm
 from conftest import ROOT
 
 import ncalab.run_status
@@ -24,14 +25,7 @@ from ncalab.rundirs import this_host
 
 def sweep(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "train.py", "-m", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return warm.run([sys.executable, "train.py", "-m", *args], cwd=ROOT, env=env, timeout=timeout)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import warm
 from conftest import CONF, ROOT
 from hydra import compose, initialize_config_dir
 
@@ -22,14 +23,7 @@ from ncalab.train import run
 
 def train(*args: str, cwd: Path = ROOT, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return warm.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, timeout=timeout)
 
 
 class FrozenClock(datetime):

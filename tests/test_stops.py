@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, dies_with_the_tests
+import warm
+from conftest import ROOT
 
 from ncalab.checkpoint import read_checkpoint
 from ncalab.train import run
@@ -21,9 +22,9 @@ from ncalab.train import run
 pytestmark = pytest.mark.slow
 
 
-def start_long_run(run_dir: Path) -> subprocess.Popen:
+def start_long_run(run_dir: Path) -> warm.WarmProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
+    return warm.start(
         [
             sys.executable,
             "train.py",
@@ -36,14 +37,10 @@ def start_long_run(run_dir: Path) -> subprocess.Popen:
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=dies_with_the_tests,
     )
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def wait_for(path: Path, proc: warm.WarmProcess, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
@@ -124,25 +121,38 @@ def test_a_signal_in_process_stops_after_the_step_with_a_checkpoint(smoke_cfg, t
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers are put back
 
 
+STARTERS = {
+    # subprocess, as the tests that need a new interpreter start one
+    "subprocess": "from conftest import dies_with_the_tests\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+    " preexec_fn=dies_with_the_tests)\n",
+    # forked from the warm server, as the tests of train.py and the tools start them (warm.py)
+    "warm": "import warm\n"
+    "open('sleep.py', 'w').write('import time; time.sleep(120)')\n"
+    "child = warm.start([sys.executable, 'sleep.py'], cwd='.')\n",
+}
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
-def test_a_process_a_test_starts_dies_with_the_test_process(tmp_path):
+@pytest.mark.parametrize("how", sorted(STARTERS))
+def test_a_process_a_test_starts_dies_with_the_test_process(tmp_path, how):
     """A killed test run (SIGTERM skips every ``finally``) must not leave a 100,000-step run training."""
     script = (
         "import subprocess, sys, time\n"
         f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-        "from conftest import dies_with_the_tests\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
-        " preexec_fn=dies_with_the_tests)\n"
-        "print(child.pid, flush=True)\n"
-        "time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        + "".join(f"    {line}\n" for line in STARTERS[how].splitlines())
+        + "    print(child.pid, flush=True)\n"
+        "    time.sleep(120)\n"
     )
-    tester = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    (tmp_path / "tester.py").write_text(script)
+    tester = subprocess.Popen([sys.executable, "tester.py"], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         child = int(tester.stdout.readline())
         os.kill(child, 0)  # running
         tester.terminate()
         tester.wait(timeout=30)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15  # the warm server first finishes its own exit (a few seconds)
         while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
             time.sleep(0.05)
         assert not Path(f"/proc/{child}").exists(), "the started process outlived the test process"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import warm
 import yaml
 from conftest import CONF, ROOT
 from hydra import compose, initialize_config_dir
@@ -19,24 +20,11 @@ from ncalab.train import run
 
 def sweep(*args: str, wandb_mode: str = "disabled", timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": wandb_mode}
-    return subprocess.run(
-        [sys.executable, "train.py", "-m", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return warm.run([sys.executable, "train.py", "-m", *args], cwd=ROOT, env=env, timeout=timeout)
 
 
 def compare(sweep_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ncalab.compare", str(sweep_dir)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return warm.run([sys.executable, "-m", "ncalab.compare", str(sweep_dir)], cwd=ROOT, timeout=60)
 
 
 def status(job: Path) -> dict:
