@@ -27,8 +27,11 @@ $(STAMP): pyproject.toml
 train: install ## train the quickstart (small built-in target, < 10 min on a 2-core CPU)
 	$(PY) train.py experiment=quickstart $(ARGS)
 
-test: install ## run the test suite
-	$(PY) -m pytest $(ARGS)
+# One pytest-xdist worker per core; the tests of one file stay in one worker (they share module-scoped runs).
+TEST_WORKERS ?= auto
+
+test: install ## run the test suite (every test, one worker per core)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: install ## the fast tests only (unit tests, < 40 s): everything but -m slow
 	$(PY) -m pytest -m "not slow" $(ARGS)

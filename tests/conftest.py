@@ -7,16 +7,25 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from ncalab.train import parent_death_signal
+from ncalab.train import available_cores, parent_death_signal
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 PERCEPTIONS = sorted(p.stem for p in (CONF / "perception").glob("*.yaml"))
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+# `make test` runs the suite in one pytest-xdist worker per core: each worker (and each process it starts) takes its
+# share of the cores, not a thread per core each (OpenMP's spin-waiting then slows every process many times over).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _SHARE = max(1, available_cores() // _WORKERS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_SHARE))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def dies_with_the_tests() -> None:

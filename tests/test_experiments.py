@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
 
 import pytest
+import warm
 from conftest import CONF, ROOT
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -318,7 +318,7 @@ def test_train_py_launches_15_jobs_for_the_seed_comparison(tmp_path):
         ),
         "WANDB_MODE": "disabled",
     }
-    result = subprocess.run(
+    result = warm.run(
         [
             sys.executable,
             "train.py",
@@ -329,8 +329,6 @@ def test_train_py_launches_15_jobs_for_the_seed_comparison(tmp_path):
         ],
         cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=180,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -7,10 +7,10 @@ every command-line test starts a new interpreter. Here each command runs in a ne
 process, pid, working directory, environment, stdout/stderr, exit code and signals, as with ``subprocess``.
 
 Only ``[sys.executable, script.py, ...]`` and ``[sys.executable, "-m", module, ...]`` run warm; anything else
-(``-c``, other programs, a custom ``PYTHONPATH``) goes to ``subprocess`` as it is. Differences from a new
-interpreter: modules imported by the server are not re-imported (an environment variable read at import time by
-them keeps the server's value; ``OMP_NUM_THREADS`` is applied with ``torch.set_num_threads``), and the process
-is a child of the server, which dies with the test process and takes its children with it (the kernel's
+(``-c``, other programs) goes to ``subprocess`` as it is. Differences from a new interpreter: modules imported by
+the server are not re-imported (an environment variable read at import time by them keeps the server's value;
+``OMP_NUM_THREADS`` is applied with ``torch.set_num_threads``; new ``PYTHONPATH`` entries are added to
+``sys.path``, so they can add modules but not replace the server's), and the process is a child of the server, which dies with the test process and takes its children with it (the kernel's
 parent-death signal, as ``conftest.dies_with_the_tests`` does for ``subprocess``).
 """
 
@@ -48,10 +48,6 @@ def warm_command(argv: list[str], env: dict[str, str] | None) -> tuple[str, str]
     """``("script", path)`` or ``("module", name)`` when ``argv`` can run warm, else None."""
     if len(argv) < 2 or argv[0] != sys.executable:
         return None
-    if env is not None and env.get("PYTHONPATH", os.environ.get("PYTHONPATH")) != os.environ.get(
-        "PYTHONPATH"
-    ):
-        return None  # another import path: the server's modules may be the wrong ones
     if argv[1] == "-m" and len(argv) > 2:
         return "module", argv[2]
     if argv[1].endswith(".py"):
@@ -95,6 +91,9 @@ def _main(kind: str, name: str, args: list[str], cwd: str, env: dict[str, str], 
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(f, fd)
         os.close(f)
+    # PYTHONPATH entries the server did not start with (a test's plugin folder): ahead of the rest, as Python puts them.
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+    sys.path[1:1] = extra
     code = 0
     try:
         if kind == "module":
