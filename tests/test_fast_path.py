@@ -265,8 +265,12 @@ def test_only_firing_cells_near_live_ones_go_through_the_update_network(monkeypa
     x[1] = 0
     x[1, :, 8, 8] = 1  # one live cell: its 5x5 surroundings can matter
     seen = []
-    apply = fast_step.UpdateMLP.apply
-    monkeypatch.setattr(fast_step.UpdateMLP, "apply", lambda y, *a: seen.append(y.shape[0]) or apply(y, *a))
+    apply = fast_step.SparseStep.apply
+    monkeypatch.setattr(
+        fast_step.SparseStep,
+        "apply",
+        lambda x, pre, rows, *a: seen.append(rows.numel()) or apply(x, pre, rows, *a),
+    )
     torch.manual_seed(2)
     fast = nca.step(x)
     torch.manual_seed(2)
@@ -282,3 +286,74 @@ def test_gathered_bf16_rows_are_padded_to_few_sizes():
     assert [padded_rows(m) for m in (1, 64, 65, 2047, 2048, 20700)] == [64, 64, 128, 2048, 2048, 21504]
     sizes = {padded_rows(m) for m in range(19000, 22000)}
     assert len(sizes) <= 4 and all(s % 1024 == 0 for s in sizes)
+
+
+def count_sparse_steps(monkeypatch) -> list[int]:
+    """Record the number of updated rows of every :class:`ncalab.fast_step.SparseStep` call."""
+    from ncalab import fast_step
+
+    seen: list[int] = []
+    apply = fast_step.SparseStep.apply
+    monkeypatch.setattr(
+        fast_step.SparseStep,
+        "apply",
+        lambda x, pre, rows, *a: seen.append(rows.numel()) or apply(x, pre, rows, *a),
+    )
+    return seen
+
+
+@pytest.mark.parametrize("state", ["dense", "pattern"])
+@pytest.mark.parametrize("name", sorted(PERCEPTIONS))
+def test_sparse_step_matches_the_plain_step_on_the_bench_states(name, state, monkeypatch):
+    from ncalab.bench import start_state
+
+    seen = count_sparse_steps(monkeypatch)
+    nca = make_nca(name)  # default sparse_below: a dense grid at fire rate 0.5 updates about half its cells
+    x = start_state(state, 2, 16)
+    torch.manual_seed(7)
+    fast = nca.rollout(x, 6)
+    fast_grads = grads(nca, fast)
+    assert len(seen) == 6 and all(0 < s < 2 * 16 * 16 for s in seen)  # the written-out step, every time
+    torch.manual_seed(7)
+    plain = plain_rollout(nca, x, 6)
+    plain_grads = grads(nca, plain)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fast_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("state", ["dense", "pattern"])
+@pytest.mark.parametrize("name", ["sobel3", "sobel5_diag", "scaled"])
+def test_bf16_sparse_step_is_close_to_the_plain_step_on_the_bench_states(name, state, monkeypatch):
+    from ncalab.bench import start_state
+
+    seen = count_sparse_steps(monkeypatch)
+    nca = make_nca(name, precision="bf16")  # with a last-layer bias: padded rows must not leak it
+    x = start_state(state, 2, 16)
+    torch.manual_seed(7)
+    low = nca.rollout(x, 6)
+    low_grads = grads(nca, low)
+    assert len(seen) == 6
+    torch.manual_seed(7)
+    plain = plain_rollout(nca, x, 6)
+    torch.testing.assert_close(low, plain, rtol=0.05, atol=0.03)
+    for a, b in zip(low_grads, grads(nca, plain), strict=True):
+        assert a.dtype == torch.float32
+        assert (a - b).norm() / (b.norm() + 1e-12) < 0.05
+
+
+@pytest.mark.parametrize("name", ["trainable", "scaled"])
+def test_sparse_step_gives_the_gradient_of_the_input_state(name):
+    from ncalab.bench import start_state
+
+    nca = make_nca(name)
+    x = start_state("dense", 2, 12)
+    grads_of_x = []
+    for stepper in (nca.step, nca.plain_step):
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(4)
+        out = xi
+        for _ in range(3):
+            out = stepper(out)
+        grads_of_x.append(torch.autograd.grad(loss_of(out), xi)[0])
+    torch.testing.assert_close(grads_of_x[0], grads_of_x[1], rtol=1e-4, atol=1e-6)

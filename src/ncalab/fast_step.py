@@ -11,19 +11,30 @@ training, evaluation, media, the bench. How it differs from the plain step:
   layer's columns are reordered to match); a constant-one column is appended to the perception output so that
   the first layer's bias rides in its matrix product (no bias pass, and its gradient comes out of the
   weight-gradient product).
-- The update network (1x1 conv -> ReLU -> 1x1 conv) is one autograd function: two matrix products forward, four
-  backward, no separate bias passes. (Recomputing its hidden layer in backward instead of storing it saves memory
+- Where every cell is updated (or on GPU, or with a perception that has its own forward), the update network
+  (1x1 conv -> ReLU -> 1x1 conv) is one autograd function: two matrix products forward, four backward, no
+  separate bias passes. (Recomputing its hidden layer in backward instead of storing it saves memory
   but measured slower on CPU: ``UpdateMLP.recompute_hidden``, off by default.)
 - On CPU only the cells whose update can matter go through the update network: those that fire (about half at
   the default fire rate of 0.5) and are within one cell of a live cell (exact: every other cell's update is masked
-  away, and it carries no gradient); their updates are added back with one ``index_add``. ``nca.sparse_below``
-  (default 0.75) is the share of the grid above which every cell is updated instead (0: always every cell).
+  away, and it carries no gradient). ``nca.sparse_below`` (default 0.75) is the share of the grid above which
+  every cell is updated instead (0: always every cell).
+- That step (a perception within its contract, on CPU) is one autograd function, :class:`SparseStep`, with its
+  backward written out: each full-grid pass is done once, in the channels-last layout, with none of the copies,
+  zero fills and gradient sums that autograd adds between separate ops (measured 1.16-1.29x over separate ops on
+  a dense and on a pattern grid, fp32 and bf16, 1 thread). The updates go back to the grid through an inverse
+  row map (each cell's row, or a zero row: one gather instead of an ``index_add``); in backward the input
+  gradient of the first layer is taken for its K response columns only (not the bias column: an N=48 product
+  runs much faster than N=49), the state's own columns are added at the updated rows only, and each operator's
+  columns are scattered to the grid straight into a contiguous channels-last buffer for its convolution's
+  backward. The weight gradient of the first layer is ``(y.T @ g_h).T`` (faster than ``g_h.T @ y`` here).
 - The alive masks are boolean 3x3 dilations of ``alpha > threshold`` (the same booleans as the max-pool).
 - ``precision="bf16"`` runs the update network in bfloat16 (AMX / tensor cores), and the perception too on GPU
   (on CPU bf16 depthwise convolutions are slower than float32 ones, so it stays float32 there and its output is
   rounded to bf16); the state itself, the residual sum and the alive masks stay float32, so small updates are not
   rounded away step after step. This is the one place the fast path differs from the plain step by more than
-  rounding (tested within a few percent). Gathered rows are padded to few sizes (:func:`padded_rows`).
+  rounding (tested within a few percent). Gathered rows are padded to few sizes (:func:`padded_rows`), and the
+  first layer's ReLU is fused into oneDNN's bf16 matrix product (a bf16 elementwise pass is slow on CPU).
 - ``checkpoint_every=k`` checkpoints the rollout in segments of k steps (recompute instead of store):
   :func:`run_checkpointed`.
 
@@ -65,6 +76,9 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
         fire = torch.rand(n, 1, device=x.device) < fire_rate if fire_rate < 1.0 else None
         on_cpu = x.device.type == "cpu"
         rows = update_rows(pre, fire, nca.sparse_below) if on_cpu and not nca._compiled else None
+        l1, l2 = nca.update[0], nca.update[2]
+        if rows is not None and type(nca.perception).forward is Perception.forward:
+            return sparse_step(nca, x, pre, rows, low)
         # Perception in float32 even for bf16 on CPU: a depthwise convolution is cheap, and bf16 ones run slower.
         parts, op_major = perceive_rows(nca.perception, x, None if on_cpu else low)
         if rows is None:
@@ -75,13 +89,7 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
             m = rows.numel()
             # bf16 rows are padded to few sizes (see padded_rows); fp32 ones need not be.
             y = GatherRows.apply(rows, m if low is None else padded_rows(m), low or parts[0].dtype, *parts)
-        l1, l2 = nca.update[0], nca.update[2]
-        w1, w2 = l1.weight.flatten(1), l2.weight.flatten(1)
-        if (
-            op_major
-        ):  # the parts come op-major, the layer's response columns channel-major (c0: op0..opN, ...)
-            ops = w1[:, c:].view(-1, c, nca.perception.n_ops).transpose(1, 2).flatten(1)
-            w1 = torch.cat([w1[:, :c], ops], dim=1)
+        w1, w2 = first_layer(nca, op_major), l2.weight.flatten(1)
         if nca._compiled:  # plain ops: inductor fuses them itself
             w1a = torch.cat([w1, l1.bias[:, None]], dim=1).to(y.dtype)
             b2 = None if l2.bias is None else l2.bias.to(y.dtype)
@@ -182,6 +190,49 @@ def update_rows(pre: torch.Tensor, fire: torch.Tensor | None, sparse_below: floa
     return keep.nonzero().squeeze(1)
 
 
+def first_layer(nca: NCA, op_major: bool) -> torch.Tensor:
+    """The first 1x1 layer's weight as a ``hidden x K`` matrix, its response columns reordered op-major when the
+    perception's parts come op-major (the layer's own order is channel-major: c0: op0..opN, c1: ...)."""
+    w1 = nca.update[0].weight.flatten(1)
+    if op_major:
+        c = nca.channels
+        ops = w1[:, c:].view(-1, c, nca.perception.n_ops).transpose(1, 2).flatten(1)
+        w1 = torch.cat([w1[:, :c], ops], dim=1)
+    return w1
+
+
+def sparse_step(nca: NCA, x: torch.Tensor, pre: torch.Tensor, rows: torch.Tensor, low: torch.dtype | None):
+    """The step on CPU when only ``rows`` are updated and the perception keeps to its contract: one
+    :class:`SparseStep` (forward and backward written out), its operator weights (response scale folded in)
+    and the update network's weights as inputs, so that autograd takes their gradients through it."""
+    p = nca.perception
+    c, n_ops, k = p.channels, p.n_ops, p.kernel_size
+    weight = p.operator_weight().view(c, n_ops, k, k)
+    factor = p.response_scale()
+    if factor is not None:  # conv(x, w) * s == conv(x, w * s), to rounding
+        weight = weight * factor.to(weight.dtype).view(c, n_ops, 1, 1)
+    l1, l2 = nca.update[0], nca.update[2]
+    m = rows.numel()
+    inv = torch.full((x.shape[0] * x.shape[2] * x.shape[3],), m, dtype=torch.long, device=x.device)
+    inv[rows] = torch.arange(m, device=x.device)
+    # One zero row (row m) at least, for the cells that are not updated; bf16 rows padded to few sizes.
+    total = m + 1 if low is None else padded_rows(m + 1)
+    return SparseStep.apply(
+        x,
+        pre,
+        rows,
+        inv,
+        total,
+        low or x.dtype,
+        nca.alive_threshold,
+        first_layer(nca, n_ops > 1),
+        l1.bias,
+        l2.weight.flatten(1),
+        l2.bias,
+        *(weight[:, o : o + 1] for o in range(n_ops)),
+    )
+
+
 class GatherRows(torch.autograd.Function):
     """``cat([p[rows] for p in parts] + [ones])`` in ``dtype``, zero rows below up to ``total`` rows, in one
     buffer; backward writes the gradient of every part with one ``index_copy_`` (``rows`` are distinct, so
@@ -254,6 +305,131 @@ class UpdateMLP(torch.autograd.Function):
         d_w1, d_b1, d_w2, d_b2 = ctx.dtypes
         g_b2 = None if g_b2 is None else g_b2.to(d_b2)
         return g_y, g_w1a[:, :-1].to(d_w1), g_w1a[:, -1].to(d_b1), g_w2.to(d_w2), g_b2
+
+
+class SparseStep(torch.autograd.Function):
+    """One step when only the cells ``rows`` go through the update network, forward and backward written out
+    (each full-grid pass once, in the channels-last layout, none for what autograd would add or copy).
+
+    Forward: one depthwise convolution per operator (``op_w``: ``C x 1 x k x k`` each), the rows of the state and
+    of each response gathered into one ``total x (K+1)`` matrix (a ones column carries the first bias; rows from
+    ``m`` on are zero), the update network (on CPU in bf16: oneDNN's matrix product with the ReLU fused), the
+    updates scattered to every cell through ``inv`` (each cell's row, or the zero row ``m``) and added to the
+    state, then the alive masks, in place. Backward: the mask, the gathered rows of the gradient, the update
+    network's four products (the input gradient only for the K response columns), the state part of it added at
+    ``rows``, and each operator's part scattered to the grid and taken back through its convolution (weights'
+    gradients too when they are trained).
+    """
+
+    @staticmethod
+    def forward(ctx, x, pre, rows, inv, total, dtype, threshold, w1, b1, w2, b2, *op_w):
+        b, c, hh, ww = x.shape
+        n, m = b * hh * ww, rows.numel()
+        cells = x.permute(0, 2, 3, 1).reshape(n, c)  # a view: x is channels-last
+        parts = [cells]
+        for wo in op_w:
+            r = F.conv2d(x, wo, padding=wo.shape[-1] // 2, groups=c)
+            parts.append(r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, c))
+        k = c * len(parts)
+        y = torch.empty(total, k + 1, dtype=dtype, device=x.device)
+        for i, p in enumerate(parts):
+            if p.dtype == dtype:  # straight into the matrix's columns
+                torch.index_select(p, 0, rows, out=y[:m, i * c : (i + 1) * c])
+            else:
+                y[:m, i * c : (i + 1) * c] = p.index_select(0, rows)
+        y[:m, k] = 1.0
+        y[m:] = 0.0
+        w1a = torch.cat([w1, b1[:, None]], dim=1).to(dtype)
+        w2c = w2.to(dtype)
+        b2c = None if b2 is None else b2.to(dtype)
+        if dtype == torch.bfloat16 and _onednn(y):
+            # ReLU fused into the product: bf16 elementwise passes are slow on CPU (measured ~1 ms of 2 saved).
+            h = torch.ops.mkldnn._linear_pointwise(y, w1a, None, "relu", [], "")
+            out = torch.ops.mkldnn._linear_pointwise(h, w2c, b2c, "none", [], "")
+        else:
+            h = torch.mm(y, w1a.t()).relu_()
+            out = torch.mm(h, w2c.t()) if b2c is None else torch.addmm(b2c, h, w2c.t())
+        out = out.to(x.dtype)
+        out[m:] = 0.0  # the zero row of the cells that are not updated (the padded rows hold b2)
+        new = out.index_select(0, inv).add_(cells)  # x + dx, every cell, channels-last
+        new = new.view(b, hh, ww, c).permute(0, 3, 1, 2)
+        keep = pre & alive_cells(new, threshold)
+        new.mul_(keep.to(new.dtype))
+        trained = any(ctx.needs_input_grad[11:])
+        ctx.save_for_backward(x if trained else None, rows, inv, y, w1a, w2c, h, keep, *op_w)
+        ctx.dtypes = (w1.dtype, b1.dtype, w2.dtype, None if b2 is None else b2.dtype)
+        return new
+
+    @staticmethod
+    def backward(ctx, g_out):
+        x, rows, inv, y, w1a, w2c, h, keep, *op_w = ctx.saved_tensors
+        b, c, hh, ww = g_out.shape
+        n, m = b * hh * ww, rows.numel()
+        gx = torch.empty(
+            g_out.shape, dtype=g_out.dtype, device=g_out.device, memory_format=torch.channels_last
+        )
+        torch.mul(g_out, keep, out=gx)
+        g_cells = gx.permute(0, 2, 3, 1).reshape(n, c)  # a view
+        g = torch.empty(y.shape[0], c, dtype=y.dtype, device=y.device)
+        if g.dtype == g_cells.dtype:
+            torch.index_select(g_cells, 0, rows, out=g[:m])
+        else:
+            g[:m] = g_cells.index_select(0, rows)
+        g[m:] = 0.0
+        g_w2 = torch.mm(g.t(), h)
+        g_b2 = g.sum(0) if ctx.needs_input_grad[10] else None
+        g_h = torch.ops.aten.threshold_backward(torch.mm(g, w2c), h, 0.0)
+        del h
+        g_w1a = torch.mm(y.t(), g_h).t()
+        need_x = ctx.needs_input_grad[0]
+        need_w = ctx.needs_input_grad[11:]
+        g_ws = [None] * len(op_w)
+        if need_x or any(need_w):
+            k = c * (1 + len(op_w))
+            g_y = torch.mm(g_h, w1a[:, :k]).to(gx.dtype)  # rows from m on are zero: so is g there
+            del g_h
+            if need_x:
+                g_cells.index_add_(0, rows, g_y[:m, :c])  # the state's own columns, only at rows
+            for o, wo in enumerate(op_w):
+                g_r = g_y[:, (o + 1) * c : (o + 2) * c].index_select(0, inv)  # scattered to the grid
+                g_r = g_r.view(b, hh, ww, c).permute(0, 3, 1, 2)
+                pad = wo.shape[-1] // 2
+                g_in, g_ws[o], _ = torch.ops.aten.convolution_backward(
+                    g_r,
+                    gx if x is None else x,  # only its shape is read when the weight takes no gradient
+                    wo,
+                    None,
+                    (1, 1),
+                    (pad, pad),
+                    (1, 1),
+                    False,
+                    (0, 0),
+                    c,
+                    (need_x, need_w[o], False),
+                )
+                if need_x:
+                    gx.add_(g_in)
+        d_w1, d_b1, d_w2, d_b2 = ctx.dtypes
+        g_b2 = None if g_b2 is None else g_b2.to(d_b2)
+        g_w1, g_b1 = g_w1a[:, :-1].to(d_w1), g_w1a[:, -1].to(d_b1)
+        return (
+            gx if need_x else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            g_w1,
+            g_b1,
+            g_w2.to(d_w2),
+            g_b2,
+            *g_ws,
+        )
+
+
+def _onednn(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and torch.backends.mkldnn.is_available()
 
 
 def run_checkpointed(
