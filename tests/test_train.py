@@ -46,7 +46,7 @@ def test_the_source_perceptions_and_the_operator_bank_are_configured():
 @pytest.mark.slow
 @pytest.mark.parametrize("perception", PERCEPTIONS)
 def test_every_perception_trains_and_leaves_its_artefacts(smoke_cfg, tmp_path, perception):
-    cfg = smoke_cfg(f"perception={perception}")
+    cfg = smoke_cfg(f"perception={perception}", full=True)  # the media are among the artefacts
     summary = run(cfg)
     out = tmp_path / "run"
 
