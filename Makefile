@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 train: install ## train the quickstart (small built-in target, < 10 min on a 2-core CPU)
 	$(PY) train.py experiment=quickstart $(ARGS)
 
-# One pytest-xdist worker per core; the tests of one file stay in one worker (they share module-scoped runs).
+# One pytest-xdist worker per core; the tests of a file stay in one worker (its module-scoped runs are built once).
 TEST_WORKERS ?= auto
 
 test: install ## run the test suite (every test, one worker per core)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import warm
 
 from ncalab.bench import FIELDS, PERCEPTIONS, Spec, flops_per_iter, start_state
 
@@ -48,7 +49,7 @@ def test_a_row_takes_the_peak_of_its_own_precision():
 @pytest.mark.slow
 def test_a_bad_state_is_refused_with_the_accepted_ones():
     cmd = [sys.executable, "-m", "ncalab.bench", "--state", "dense,sparse", "--sizes", "8"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    out = warm.run(cmd, timeout=60)
     assert out.returncode != 0
     assert "--state 'dense,sparse': accepted: pattern, dense, seed" in out.stderr
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import warm
 
 from ncalab.loggers import has_wandb_credentials, resolve_mode, wandb_logger
 
@@ -80,7 +80,8 @@ def test_explicit_modes_are_not_touched(home, tmp_path):
     assert auto._fallback_offline is True and auto._wandb_init["settings"].init_timeout == 3
 
 
-# Run in a fresh interpreter: wandb keeps process-wide state, and this one must start from the temporary home.
+# Run in a new process (tests/warm.py: wandb is not among the modules it has imported): wandb keeps process-wide
+# state, and this one must start from the temporary home.
 COMPUTE_NODE = textwrap.dedent(
     """
     import json, logging, sys, time
@@ -110,13 +111,9 @@ def test_with_credentials_but_no_network_auto_mode_goes_offline_quickly(home, tm
     write_netrc(home, wandb_host())
     save_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "WANDB_INIT_TIMEOUT"}
-    result = subprocess.run(
-        [sys.executable, "-c", COMPUTE_NODE, str(save_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    script = tmp_path / "compute_node.py"
+    script.write_text(COMPUTE_NODE)
+    result = warm.run([sys.executable, str(script), str(save_dir)], cwd=tmp_path, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
     out = json.loads(line.removeprefix("RESULT "))
