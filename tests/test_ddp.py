@@ -16,7 +16,8 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, dies_with_the_tests, make_cfg
+import warm
+from conftest import ROOT, make_cfg
 
 from ncalab.checkpoint import read_checkpoint
 from ncalab.data import NCADataModule, shard_bounds
@@ -255,11 +256,7 @@ def test_processes_die_with_a_killed_run_and_write_nothing_more(tmp_path):
     ]  # fmt: skip
     path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    log = tmp_path / "stderr.txt"
-    with log.open("w") as err:
-        parent = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=dies_with_the_tests
-        )
+    parent = warm.start(cmd, cwd=ROOT, env=env)  # the run's process, as `python train.py ...` starts it
     workers: list[int] = []
     try:
         pid_files = [probes / f"rank{r}.pid" for r in range(2)]
@@ -268,7 +265,7 @@ def test_processes_die_with_a_killed_run_and_write_nothing_more(tmp_path):
             not all(f.exists() for f in pid_files) and parent.poll() is None and time.monotonic() < deadline
         ):
             time.sleep(0.1)
-        assert parent.poll() is None, log.read_text()[-3000:]
+        assert parent.poll() is None, parent.read("stderr")[-3000:]
         assert all(f.exists() for f in pid_files), "the DDP processes did not reach their first step"
         workers = [int(f.read_text()) for f in pid_files]
         assert all(_running(pid) for pid in workers) and parent.pid not in workers
@@ -333,11 +330,7 @@ def test_a_signal_to_the_run_process_alone_stops_every_process_with_a_checkpoint
     ]  # fmt: skip
     path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    log = tmp_path / "stderr.txt"
-    with log.open("w") as err:
-        parent = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=dies_with_the_tests
-        )
+    parent = warm.start(cmd, cwd=ROOT, env=env)  # the run's process, as `python train.py ...` starts it
     workers: list[int] = []
     try:
         pid_files = [probes / f"rank{r}.pid" for r in range(2)]
@@ -346,7 +339,7 @@ def test_a_signal_to_the_run_process_alone_stops_every_process_with_a_checkpoint
             not all(f.exists() for f in pid_files) and parent.poll() is None and time.monotonic() < deadline
         ):
             time.sleep(0.1)
-        assert parent.poll() is None, log.read_text()[-3000:]
+        assert parent.poll() is None, parent.read("stderr")[-3000:]
         assert all(f.exists() for f in pid_files), "the DDP processes did not reach step 3"
         workers = [int(f.read_text()) for f in pid_files]
         assert parent.pid not in workers
@@ -356,8 +349,8 @@ def test_a_signal_to_the_run_process_alone_stops_every_process_with_a_checkpoint
             returncode = parent.wait(timeout=60)
         except subprocess.TimeoutExpired:
             returncode = None
-        assert returncode is not None, f"still running 60 s after {sig.name}: {log.read_text()[-3000:]}"
-        assert returncode == code, log.read_text()[-3000:]
+        assert returncode is not None, f"still running 60 s after {sig.name}: {parent.read('stderr')[-3000:]}"
+        assert returncode == code, parent.read("stderr")[-3000:]
         assert not [pid for pid in workers if _running(pid)]
     finally:
         if parent.poll() is None:

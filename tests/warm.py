@@ -9,9 +9,10 @@ process, pid, working directory, environment, stdout/stderr, exit code and signa
 Only ``[sys.executable, script.py, ...]`` and ``[sys.executable, "-m", module, ...]`` run warm; anything else
 (``-c``, other programs) goes to ``subprocess`` as it is. Differences from a new interpreter: modules imported by
 the server are not re-imported (an environment variable read at import time by them keeps the server's value;
-``OMP_NUM_THREADS`` is applied with ``torch.set_num_threads``; new ``PYTHONPATH`` entries are added to
-``sys.path``, so they can add modules but not replace the server's), and the process is a child of the server, which dies with the test process and takes its children with it (the kernel's
-parent-death signal, as ``conftest.dies_with_the_tests`` does for ``subprocess``).
+``OMP_NUM_THREADS`` is applied with ``torch.set_num_threads``; ``sys.path`` starts with the script's folder and
+new ``PYTHONPATH`` entries, followed by the server's own, so they can add modules but not replace the server's),
+and the process is a child of the server, which dies with the test process and takes its children with it (the
+kernel's parent-death signal, as ``conftest.dies_with_the_tests`` does for ``subprocess``).
 """
 
 from __future__ import annotations
@@ -91,21 +92,20 @@ def _main(kind: str, name: str, args: list[str], cwd: str, env: dict[str, str], 
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(f, fd)
         os.close(f)
-    # PYTHONPATH entries the server did not start with (a test's plugin folder): ahead of the rest, as Python puts them.
-    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
-    sys.path[1:1] = extra
+    # sys.path as Python starts it: the script's folder (or the working directory for -m) first, then PYTHONPATH
+    # entries the server did not have (a test's plugin folder), then the server's own path.
+    path = str(Path(cwd, name))
+    sys.path.insert(0, cwd if kind == "module" else str(Path(path).parent))
+    sys.path[1:1] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+    sys.argv = [name, *args]
     code = 0
     try:
         if kind == "module":
-            sys.argv = [name, *args]
             sys.modules.pop(
                 name, None
             )  # run as __main__, as `python -m` does (imported, it would run as itself)
             runpy.run_module(name, run_name="__main__", alter_sys=True)
         else:
-            path = str(Path(cwd, name))
-            sys.argv = [name, *args]
-            sys.path[0] = str(Path(path).parent)
             runpy.run_path(path, run_name="__main__")
     except SystemExit as exc:
         code = _exit_code(exc.code)
