@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -16,7 +15,10 @@ from ncalab.bench import FIELDS, PERCEPTIONS, Spec, flops_per_iter, start_state
 def test_bench_cli_prints_baseline_and_ncalab_rows_as_json_for_dense_and_pattern_states():
     cmd = [sys.executable, "-m", "ncalab.bench", "--sizes", "12", "--steps", "2", "--batch", "2"]
     cmd += ["--repeats", "1", "--warmup", "0", "--perceptions", "sobel3", "--precision", "fp32", "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    cmd += ["--peak-seconds", "0"]
+    result = warm.run(cmd, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
     rows = [json.loads(line) for line in out.splitlines() if line.strip()]
     # Both start states by default, each with its own baseline.
     assert [(r["state"], r["impl"], r["precision"]) for r in rows] == [

@@ -474,6 +474,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
+    ap.add_argument(
+        "--peak-seconds",
+        type=float,
+        default=1.0,
+        help="at least this long per precision measuring the matrix-product peak (default 1; 0: 8 products)",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="time the ncalab variants only (no speedup)")
     ap.add_argument("--json", action="store_true", help="one JSON object per case on stdout")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -540,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         worker(Spec(**json.loads(args.worker)), args.warmup)
         return 0
     groups = cases(args)
-    peaks = matmul_peak(groups[0][0].device) if groups else {}
+    peaks = matmul_peak(groups[0][0].device, min_seconds=args.peak_seconds) if groups else {}
     if not args.json:  # JSON rows carry it as peak_gflops
         print(
             f"matrix-product peak here ({torch.get_num_threads()} threads): "
