@@ -101,9 +101,8 @@ def _main(kind: str, name: str, args: list[str], cwd: str, env: dict[str, str], 
     code = 0
     try:
         if kind == "module":
-            sys.modules.pop(
-                name, None
-            )  # run as __main__, as `python -m` does (imported, it would run as itself)
+            # Run as __main__, as `python -m` does (the server's imported copy would run as itself).
+            sys.modules.pop(name, None)
             runpy.run_module(name, run_name="__main__", alter_sys=True)
         else:
             runpy.run_path(path, run_name="__main__")
