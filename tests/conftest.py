@@ -42,7 +42,7 @@ def make_cfg(output_dir: Path, *overrides: str) -> DictConfig:
 
 # The rollout media (videos, pool images) are most of a smoke run's time (~0.5 of ~1.1 s on one core): left out of
 # the runs of tests that are not about them. (The end-of-run evaluation stays: it writes summary.json.)
-END_OF_RUN = ("callbacks.media",)
+MEDIA = "callbacks.media"
 
 
 @pytest.fixture
@@ -51,9 +51,9 @@ def smoke_cfg(tmp_path):
     unless ``full`` or an override sets them."""
 
     def _make(*overrides: str, out: Path | None = None, full: bool = False) -> DictConfig:
-        skip = (
-            [] if full else [f"{k}=null" for k in END_OF_RUN if not any(o.startswith(k) for o in overrides)]
+        media = full or any(o.startswith(MEDIA) for o in overrides)
+        return make_cfg(
+            out or tmp_path / "run", "experiment=smoke", *([] if media else [f"{MEDIA}=null"]), *overrides
         )
-        return make_cfg(out or tmp_path / "run", "experiment=smoke", *skip, *overrides)
 
     return _make

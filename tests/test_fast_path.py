@@ -257,20 +257,26 @@ def test_alive_cells_are_the_alive_mask(threshold):
     assert torch.equal(fast_step.alive_cells(x, threshold), alive_mask(x, threshold))
 
 
-def test_only_firing_cells_near_live_ones_go_through_the_update_network(monkeypatch):
+def count_sparse_steps(monkeypatch) -> list[int]:
+    """Record the number of updated rows of every :class:`ncalab.fast_step.SparseStep` call."""
     from ncalab import fast_step
 
-    nca = make_nca("sobel3", fire_rate=0.5)
-    x = torch.ones(2, CHANNELS, 16, 16)  # every cell alive: only the fire mask thins the rows
-    x[1] = 0
-    x[1, :, 8, 8] = 1  # one live cell: its 5x5 surroundings can matter
-    seen = []
+    seen: list[int] = []
     apply = fast_step.SparseStep.apply
     monkeypatch.setattr(
         fast_step.SparseStep,
         "apply",
         lambda x, pre, rows, *a: seen.append(rows.numel()) or apply(x, pre, rows, *a),
     )
+    return seen
+
+
+def test_only_firing_cells_near_live_ones_go_through_the_update_network(monkeypatch):
+    nca = make_nca("sobel3", fire_rate=0.5)
+    x = torch.ones(2, CHANNELS, 16, 16)  # every cell alive: only the fire mask thins the rows
+    x[1] = 0
+    x[1, :, 8, 8] = 1  # one live cell: its 5x5 surroundings can matter
+    seen = count_sparse_steps(monkeypatch)
     torch.manual_seed(2)
     fast = nca.step(x)
     torch.manual_seed(2)
@@ -286,20 +292,6 @@ def test_gathered_bf16_rows_are_padded_to_few_sizes():
     assert [padded_rows(m) for m in (1, 64, 65, 2047, 2048, 20700)] == [64, 64, 128, 2048, 2048, 21504]
     sizes = {padded_rows(m) for m in range(19000, 22000)}
     assert len(sizes) <= 4 and all(s % 1024 == 0 for s in sizes)
-
-
-def count_sparse_steps(monkeypatch) -> list[int]:
-    """Record the number of updated rows of every :class:`ncalab.fast_step.SparseStep` call."""
-    from ncalab import fast_step
-
-    seen: list[int] = []
-    apply = fast_step.SparseStep.apply
-    monkeypatch.setattr(
-        fast_step.SparseStep,
-        "apply",
-        lambda x, pre, rows, *a: seen.append(rows.numel()) or apply(x, pre, rows, *a),
-    )
-    return seen
 
 
 @pytest.mark.parametrize("state", ["dense", "pattern"])

@@ -45,7 +45,7 @@ _CTX = multiprocessing.get_context("forkserver")
 _CTX.set_forkserver_preload(PRELOAD)
 
 
-def warm_command(argv: list[str], env: dict[str, str] | None) -> tuple[str, str] | None:
+def warm_command(argv: list[str]) -> tuple[str, str] | None:
     """``("script", path)`` or ``("module", name)`` when ``argv`` can run warm, else None."""
     if len(argv) < 2 or argv[0] != sys.executable:
         return None
@@ -127,8 +127,10 @@ def _main(kind: str, name: str, args: list[str], cwd: str, env: dict[str, str], 
 class WarmProcess:
     """The ``subprocess.Popen`` surface the tests use, for a command run warm (stdout/stderr as text)."""
 
-    def __init__(self, argv: list[str], cwd: str | Path, env: dict[str, str] | None):
-        kind, name = warm_command(argv, env)  # type: ignore[misc]
+    def __init__(
+        self, argv: list[str], command: tuple[str, str], cwd: str | Path, env: dict[str, str] | None
+    ):
+        kind, name = command
         self.args = argv
         self.returncode: int | None = None
         self._proc = None
@@ -186,7 +188,8 @@ class WarmProcess:
 
 def start(argv: list[str], cwd: str | Path, env: dict[str, str] | None = None):
     """``subprocess.Popen(argv, cwd=cwd, env=env, stdout=PIPE, stderr=PIPE, text=True)``, warm where it can be."""
-    if warm_command(argv, env) is None:
+    command = warm_command(argv)
+    if command is None:
         from conftest import dies_with_the_tests
 
         return subprocess.Popen(
@@ -198,7 +201,7 @@ def start(argv: list[str], cwd: str | Path, env: dict[str, str] | None = None):
             text=True,
             preexec_fn=dies_with_the_tests,
         )
-    return WarmProcess(argv, cwd, env)
+    return WarmProcess(argv, command, cwd, env)
 
 
 def run(

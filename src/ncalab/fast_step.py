@@ -76,8 +76,7 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
         fire = torch.rand(n, 1, device=x.device) < fire_rate if fire_rate < 1.0 else None
         on_cpu = x.device.type == "cpu"
         rows = update_rows(pre, fire, nca.sparse_below) if on_cpu and not nca._compiled else None
-        l1, l2 = nca.update[0], nca.update[2]
-        if rows is not None and type(nca.perception).forward is Perception.forward:
+        if rows is not None and within_contract(nca.perception):
             return sparse_step(nca, x, pre, rows, low)
         # Perception in float32 even for bf16 on CPU: a depthwise convolution is cheap, and bf16 ones run slower.
         parts, op_major = perceive_rows(nca.perception, x, None if on_cpu else low)
@@ -89,6 +88,7 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
             m = rows.numel()
             # bf16 rows are padded to few sizes (see padded_rows); fp32 ones need not be.
             y = GatherRows.apply(rows, m if low is None else padded_rows(m), low or parts[0].dtype, *parts)
+        l1, l2 = nca.update[0], nca.update[2]
         w1, w2 = first_layer(nca, op_major), l2.weight.flatten(1)
         if nca._compiled:  # plain ops: inductor fuses them itself
             w1a = torch.cat([w1, l1.bias[:, None]], dim=1).to(y.dtype)
@@ -116,6 +116,12 @@ def low_dtype(precision: str, x: torch.Tensor) -> torch.dtype | None:
     return low
 
 
+def within_contract(perception: Perception) -> bool:
+    """Whether ``perception`` computes its ``forward`` from the contract's parts (``ncalab.perception.Perception``),
+    so that the fast path may compute it from them; a subclass with its own ``forward`` is called as it is."""
+    return type(perception).forward is Perception.forward
+
+
 def perceive_rows(
     perception: Perception, x: torch.Tensor, low: torch.dtype | None
 ) -> tuple[list[torch.Tensor], bool]:
@@ -127,7 +133,7 @@ def perceive_rows(
     """
     xi = x if low is None else x.to(low)
     p = perception
-    if type(p).forward is Perception.forward:
+    if within_contract(p):
         c, n, k = p.channels, p.n_ops, p.kernel_size
         weight = p.operator_weight()
         weight = (weight if low is None else weight.to(low)).view(c, n, k, k)

@@ -319,8 +319,8 @@ class Perception(nn.Module):
       ``forward`` (the fast path and the demo export read ``response_scale()`` itself).
     - ``forward(x) = cat([x, scale_responses(depthwise_conv(x, operator_weight()))])``. The fast path computes
       exactly this from the parts above (one operator at a time, in bfloat16 when asked), and the demo export
-      writes those parts. A subclass
-      that overrides ``forward`` is outside the contract: the NCA calls it as it is, the demo cannot export it.
+      writes those parts. A subclass that overrides ``forward`` is outside the contract: the NCA calls it as it
+      is, the demo cannot export it.
 
     A new strategy is one subclass (``operator_weight()``, optionally ``response_scale()``) plus one config file in
     ``conf/perception/``.
