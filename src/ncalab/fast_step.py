@@ -384,7 +384,8 @@ class SparseStep(torch.autograd.Function):
         g[m:] = 0.0
         g_w2 = torch.mm(g.t(), h)
         g_b2 = g.sum(0) if ctx.needs_input_grad[10] else None
-        g_h = torch.ops.aten.threshold_backward(torch.mm(g, w2c), h, 0.0)
+        g_h = torch.mm(g, w2c)
+        torch.ops.aten.threshold_backward.grad_input(g_h, h, 0.0, grad_input=g_h)  # ReLU backward, in place
         del h
         g_w1a = torch.mm(y.t(), g_h).t()
         need_x = ctx.needs_input_grad[0]
@@ -394,8 +395,8 @@ class SparseStep(torch.autograd.Function):
             k = c * (1 + len(op_w))
             g_y = torch.mm(g_h, w1a[:, :k]).to(gx.dtype)  # rows from m on are zero: so is g there
             del g_h
-            if need_x:
-                g_cells.index_add_(0, rows, g_y[:m, :c])  # the state's own columns, only at rows
+            if need_x:  # the state's own columns, at rows (every other cell gathers the zero row m)
+                g_cells.add_(g_y[:, :c].index_select(0, inv))
             for o, wo in enumerate(op_w):
                 g_r = g_y[:, (o + 1) * c : (o + 2) * c].index_select(0, inv)  # scattered to the grid
                 g_r = g_r.view(b, hh, ww, c).permute(0, 3, 1, 2)
