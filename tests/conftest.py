@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from warm import dies_with_the_tests  # noqa: F401  (tests import it from here)
 
-from ncalab.train import available_cores, parent_death_signal
+from ncalab.train import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -26,12 +26,6 @@ if _WORKERS > 1:
     _SHARE = max(1, available_cores() // _WORKERS)
     os.environ.setdefault("OMP_NUM_THREADS", str(_SHARE))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-
-def dies_with_the_tests() -> None:
-    """``preexec_fn`` for a process a test starts (a long run, a server): on Linux the kernel kills it when the
-    test process ends, so that a killed or interrupted test run leaves no training running behind it."""
-    parent_death_signal(signal.SIGKILL)
 
 
 def make_cfg(output_dir: Path, *overrides: str) -> DictConfig:

@@ -123,7 +123,7 @@ def test_a_signal_in_process_stops_after_the_step_with_a_checkpoint(smoke_cfg, t
 
 STARTERS = {
     # subprocess, as the tests that need a new interpreter start one
-    "subprocess": "from conftest import dies_with_the_tests\n"
+    "subprocess": "from warm import dies_with_the_tests\n"
     "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
     " preexec_fn=dies_with_the_tests)\n",
     # forked from the warm server, as the tests of train.py and the tools start them (warm.py)

@@ -12,7 +12,7 @@ the server are not re-imported (an environment variable read at import time by t
 ``OMP_NUM_THREADS`` is applied with ``torch.set_num_threads``; ``sys.path`` starts with the script's folder and
 new ``PYTHONPATH`` entries, followed by the server's own, so they can add modules but not replace the server's),
 and the process is a child of the server, which dies with the test process and takes its children with it (the
-kernel's parent-death signal, as ``conftest.dies_with_the_tests`` does for ``subprocess``).
+kernel's parent-death signal, as :func:`dies_with_the_tests` does for ``subprocess``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import threading
 import traceback
 from pathlib import Path
 
+from ncalab.processes import parent_death_signal
+
 # What the server imports once: the entry points' heavy dependencies and ncalab's command-line modules.
 PRELOAD = [
     "torch",
@@ -43,6 +45,13 @@ PRELOAD = [
 
 _CTX = multiprocessing.get_context("forkserver")
 _CTX.set_forkserver_preload(PRELOAD)
+
+
+def dies_with_the_tests() -> None:
+    """``preexec_fn`` for a process a test starts (a long run, a server): on Linux the kernel kills it when the
+    test process ends, so that a killed or interrupted test run leaves no training running behind it. (Here, not
+    in conftest, so that a process can use it without importing torch.)"""
+    parent_death_signal(signal.SIGKILL)
 
 
 def warm_command(argv: list[str]) -> tuple[str, str] | None:
@@ -69,9 +78,7 @@ def _main(kind: str, name: str, args: list[str], cwd: str, env: dict[str, str], 
     """The command, in the forked process (what ``python <script> <args>`` / ``python -m <name>`` would do)."""
     from multiprocessing import forkserver
 
-    from ncalab.train import parent_death_signal
-
-    parent_death_signal(signal.SIGKILL)
+    dies_with_the_tests()
     # The server ends when the test process's end of its "alive" pipe closes; a copy of that end in every command
     # would keep it alive (and the commands with it) after the test process is gone.
     server = forkserver._forkserver
@@ -190,8 +197,6 @@ def start(argv: list[str], cwd: str | Path, env: dict[str, str] | None = None):
     """``subprocess.Popen(argv, cwd=cwd, env=env, stdout=PIPE, stderr=PIPE, text=True)``, warm where it can be."""
     command = warm_command(argv)
     if command is None:
-        from conftest import dies_with_the_tests
-
         return subprocess.Popen(
             argv,
             cwd=cwd,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from ncalab.guard import DivergenceGuard
 from ncalab.lit_module import NCALitModule
 from ncalab.loggers import finish_wandb, resume_extras
 from ncalab.nca import NCA
+from ncalab.processes import parent_death_signal
 from ncalab.run_status import STOP, RunInterrupted, RunStatus, interrupt_signal
 from ncalab.rundirs import pid_alive, run_dir_problem
 
@@ -38,7 +37,6 @@ log = logging.getLogger("ncalab")
 
 # Set by a run's process for the DDP ranks that Lightning starts as new scripts (strategy=ddp): its pid.
 RUN_PID_ENV = "NCALAB_RUN_PID"
-_PR_SET_PDEATHSIG = 1  # prctl(2)
 _watching: int | None = None  # the run process this process watches (watch_parent)
 
 
@@ -156,16 +154,6 @@ def run_process() -> int:
 def _end_now() -> None:
     os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
     os._exit(1)  # where SIGKILL does not exist
-
-
-def parent_death_signal(signum: int) -> bool:
-    """Linux: the kernel sends ``signum`` to this process when the thread that started it ends."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _poll_parent(parent: int, every: float) -> None:
