@@ -349,3 +349,31 @@ def test_sparse_step_gives_the_gradient_of_the_input_state(name):
             out = stepper(out)
         grads_of_x.append(torch.autograd.grad(loss_of(out), xi)[0])
     torch.testing.assert_close(grads_of_x[0], grads_of_x[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["trainable", "scaled"])
+def test_a_rollout_derives_the_step_weights_once_and_the_next_rollout_sees_new_parameters(name, monkeypatch):
+    """The CPU step's weights (first layer reordered, operator kernels with the response scale folded in) are
+    derived once per rollout and grad mode, not per step; a change of the parameters (an optimiser step) between
+    rollouts is seen by the next one."""
+    import ncalab.fast_step as fs
+
+    calls = []
+    derive = fs.step_weights
+    monkeypatch.setattr(fs, "step_weights", lambda nca: calls.append(torch.is_grad_enabled()) or derive(nca))
+    nca = make_nca(name)
+    nca.sparse_below = 1.0
+    x = random_state()
+    nca.rollout(x, 6, backprop_steps=4)
+    assert calls == [False, True]  # the 2 steps without a graph, then the 4 with one
+    opt = torch.optim.SGD(nca.parameters(), lr=0.5)
+    loss_of(nca.rollout(x, 3)).backward()
+    opt.step()  # every parameter moves, the perception's too
+    torch.manual_seed(7)
+    fast = nca.rollout(x, 4)
+    fast_grads = grads(nca, fast)
+    torch.manual_seed(7)
+    plain = plain_rollout(nca, x, 4)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fast_grads, grads(nca, plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,42 @@ ALPHA = 3  # the alpha channel (ncalab.nca.ALPHA; nca imports this module, so it
 _LOW = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
-    """``nca.plain_step(x, fire_rate)``, computed as the module docstring says."""
+class StepWeights(NamedTuple):
+    """What the CPU step (:class:`SparseStep`) takes of the parameters, in the form it uses them. Derived in the
+    autograd graph (their gradients flow back to the parameters), once per rollout rather than once per step: each
+    derivation is a handful of small ops, forward and backward (~0.3 ms a step on a 2-core CPU, a tenth or more of
+    a step at 72x72)."""
+
+    first: (
+        torch.Tensor
+    )  # the first layer, hidden x K, its response columns op-major when the parts come op-major
+    second: torch.Tensor  # the second layer, C x hidden
+    operators: tuple[
+        torch.Tensor, ...
+    ]  # one C x 1 x k x k depthwise kernel per operator, response scale folded in
+
+
+def step_weights(nca: NCA) -> StepWeights | None:
+    """:class:`StepWeights` of ``nca`` in the current autograd mode, or None when the step does not use them (a
+    perception with its own forward)."""
+    p = nca.perception
+    if not within_contract(p):
+        return None
+    c, n_ops, k = p.channels, p.n_ops, p.kernel_size
+    weight = p.operator_weight().view(c, n_ops, k, k)
+    factor = p.response_scale()
+    if factor is not None:  # conv(x, w) * s == conv(x, w * s), to rounding
+        weight = weight * factor.to(weight.dtype).view(c, n_ops, 1, 1)
+    return StepWeights(
+        first_layer(nca, n_ops > 1),
+        nca.update[2].weight.flatten(1),
+        tuple(weight[:, o : o + 1] for o in range(n_ops)),
+    )
+
+
+def step(nca: NCA, x: torch.Tensor, fire_rate: float, weights: StepWeights | None = None) -> torch.Tensor:
+    """``nca.plain_step(x, fire_rate)``, computed as the module docstring says. ``weights``: ``step_weights(nca)``,
+    derived once for many steps (a rollout, where the parameters do not change); derived here when not given."""
     low = low_dtype(nca.precision, x)
     ctx = torch.autocast(x.device.type, enabled=False) if low is not None else contextlib.nullcontext()
     with ctx:
@@ -77,7 +111,7 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float) -> torch.Tensor:
         on_cpu = x.device.type == "cpu"
         rows = update_rows(pre, fire, nca.sparse_below) if on_cpu and not nca._compiled else None
         if rows is not None and within_contract(nca.perception):
-            return sparse_step(nca, x, pre, rows, low)
+            return sparse_step(nca, x, pre, rows, low, weights or step_weights(nca))
         # Perception in float32 even for bf16 on CPU: a depthwise convolution is cheap, and bf16 ones run slower.
         parts, op_major = perceive_rows(nca.perception, x, None if on_cpu else low)
         if rows is None:
@@ -207,16 +241,17 @@ def first_layer(nca: NCA, op_major: bool) -> torch.Tensor:
     return w1
 
 
-def sparse_step(nca: NCA, x: torch.Tensor, pre: torch.Tensor, rows: torch.Tensor, low: torch.dtype | None):
+def sparse_step(
+    nca: NCA,
+    x: torch.Tensor,
+    pre: torch.Tensor,
+    rows: torch.Tensor,
+    low: torch.dtype | None,
+    weights: StepWeights,
+):
     """The step on CPU when only ``rows`` are updated and the perception keeps to its contract: one
     :class:`SparseStep` (forward and backward written out), its operator weights (response scale folded in)
     and the update network's weights as inputs, so that autograd takes their gradients through it."""
-    p = nca.perception
-    c, n_ops, k = p.channels, p.n_ops, p.kernel_size
-    weight = p.operator_weight().view(c, n_ops, k, k)
-    factor = p.response_scale()
-    if factor is not None:  # conv(x, w) * s == conv(x, w * s), to rounding
-        weight = weight * factor.to(weight.dtype).view(c, n_ops, 1, 1)
     l1, l2 = nca.update[0], nca.update[2]
     m = rows.numel()
     inv = torch.full((x.shape[0] * x.shape[2] * x.shape[3],), m, dtype=torch.long, device=x.device)
@@ -231,11 +266,11 @@ def sparse_step(nca: NCA, x: torch.Tensor, pre: torch.Tensor, rows: torch.Tensor
         total,
         low or x.dtype,
         nca.alive_threshold,
-        first_layer(nca, n_ops > 1),
+        weights.first,
         l1.bias,
-        l2.weight.flatten(1),
+        weights.second,
         l2.bias,
-        *(weight[:, o : o + 1] for o in range(n_ops)),
+        *weights.operators,
     )
 
 

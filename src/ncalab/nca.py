@@ -155,18 +155,29 @@ class NCA(nn.Module):
         free = 0 if backprop_steps is None else max(steps - backprop_steps, 0)
         if free:
             with torch.no_grad():
+                step = self._rollout_step()
                 for i in range(free):
-                    x = self._step(x)
+                    x = step(x)
                     if on_step is not None:
                         on_step(i + 1, x)
             x = x.detach()
+        step = self._rollout_step()
         if self.checkpoint_every is not None and on_step is None and torch.is_grad_enabled():
-            return fast_step.run_checkpointed(self._step, x, steps - free, self.checkpoint_every)
+            return fast_step.run_checkpointed(step, x, steps - free, self.checkpoint_every)
         for i in range(free, steps):
-            x = self._step(x)
+            x = step(x)
             if on_step is not None:
                 on_step(i + 1, x)
         return x
+
+    def _rollout_step(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The step for the steps of one rollout: :meth:`step` with the weights it derives from the parameters
+        derived once, in the current autograd mode (the parameters do not change during a rollout); or the
+        compiled step."""
+        if self._compiled:
+            return self._step
+        weights = fast_step.step_weights(self)
+        return lambda x: fast_step.step(self, x, self.fire_rate, weights)
 
 
 def rgba(x: torch.Tensor) -> torch.Tensor:
