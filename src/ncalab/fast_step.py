@@ -28,6 +28,9 @@ training, evaluation, media, the bench. How it differs from the plain step:
   runs much faster than N=49), the state's own columns are added at the updated rows only, and each operator's
   columns are scattered to the grid straight into a contiguous channels-last buffer for its convolution's
   backward. The weight gradient of the first layer is ``(y.T @ g_h).T`` (faster than ``g_h.T @ y`` here).
+- What that step takes of the parameters (the first layer's reordered columns, the operator kernels with the
+  response scale folded in) is derived once per rollout (:func:`step_weights`, passed in by ``NCA.rollout``), not
+  once per step: the parameters do not change during a rollout, and autograd sums the steps' gradients first.
 - The alive masks are boolean 3x3 dilations of ``alpha > threshold`` (the same booleans as the max-pool).
 - ``precision="bf16"`` runs the update network in bfloat16 (AMX / tensor cores), and the perception too on GPU
   (on CPU bf16 depthwise convolutions are slower than float32 ones, so it stays float32 there and its output is
