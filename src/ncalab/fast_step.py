@@ -72,13 +72,12 @@ class StepWeights(NamedTuple):
     derivation is a handful of small ops, forward and backward (~0.3 ms a step on a 2-core CPU, a tenth or more of
     a step at 72x72)."""
 
-    first: (
-        torch.Tensor
-    )  # the first layer, hidden x K, its response columns op-major when the parts come op-major
-    second: torch.Tensor  # the second layer, C x hidden
-    operators: tuple[
-        torch.Tensor, ...
-    ]  # one C x 1 x k x k depthwise kernel per operator, response scale folded in
+    # the first layer, hidden x K, its response columns op-major when the perception's parts come op-major
+    first: torch.Tensor
+    # the second layer, C x hidden
+    second: torch.Tensor
+    # one C x 1 x k x k depthwise kernel per operator, the response scale folded in
+    operators: tuple[torch.Tensor, ...]
 
 
 def step_weights(nca: NCA) -> StepWeights | None:

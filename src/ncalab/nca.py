@@ -171,9 +171,9 @@ class NCA(nn.Module):
         return x
 
     def _rollout_step(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The step for the steps of one rollout: :meth:`step` with the weights it derives from the parameters
-        derived once, in the current autograd mode (the parameters do not change during a rollout); or the
-        compiled step."""
+        """The step function for one rollout: :meth:`step`, with what it takes of the parameters
+        (:func:`ncalab.fast_step.step_weights`) derived once in the current autograd mode rather than at every step
+        (the parameters do not change during a rollout); or the compiled step."""
         if self._compiled:
             return self._step
         weights = fast_step.step_weights(self)
