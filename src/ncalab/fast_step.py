@@ -69,8 +69,8 @@ _LOW = {"fp32": None, "bf16": torch.bfloat16}
 class StepWeights(NamedTuple):
     """What the CPU step (:class:`SparseStep`) takes of the parameters, in the form it uses them. Derived in the
     autograd graph (their gradients flow back to the parameters), once per rollout rather than once per step: each
-    derivation is a handful of small ops, forward and backward (~0.3 ms a step on a 2-core CPU, a tenth or more of
-    a step at 72x72)."""
+    derivation is a handful of small ops, forward and backward (measured on a 2-core CPU: 15-30% of a step's time
+    on a tiny grid, 5-7% at 36x36, 2-7% at 72x72)."""
 
     # the first layer, hidden x K, its response columns op-major when the perception's parts come op-major
     first: torch.Tensor
