@@ -62,7 +62,7 @@ def test_default_run_dir_is_under_outputs_runs(tmp_path):
     (tmp_path / "conf").symlink_to(ROOT / "conf")
     env = {**os.environ, "WANDB_MODE": "disabled"}
     result = warm.run(
-        [sys.executable, "train.py", "experiment=smoke", "trainer.max_steps=1"],
+        [sys.executable, "train.py", "experiment=smoke", "trainer.max_steps=1", "callbacks.media=null"],
         cwd=tmp_path,
         env=env,
         timeout=120,
@@ -79,6 +79,7 @@ def test_multirun_lands_in_numbered_job_dirs(tmp_path):
         "-m",
         "experiment=smoke",
         "trainer.max_steps=1",
+        "callbacks.media=null",
         "perception=sobel3,sobel5",
         f"hydra.sweep.dir={tmp_path}",
     )

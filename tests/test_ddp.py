@@ -186,7 +186,10 @@ def test_resume_a_two_process_checkpoint_with_one_process(ddp_run, tmp_path):
     saved = pool_state(read_checkpoint(ddp_run.ckpt))
     probe = StartProbe()
     out = tmp_path / "single"
-    run(make_cfg(out, "experiment=smoke", f"ckpt_path={ddp_run.ckpt}", "trainer.max_steps=6"), [probe])
+    cfg = make_cfg(
+        out, "experiment=smoke", f"ckpt_path={ddp_run.ckpt}", "trainer.max_steps=6", "callbacks.media=null"
+    )
+    run(cfg, [probe])
     assert probe.step == 4
     assert torch.equal(probe.pool, saved["pool"])  # the whole pool, both shards
     assert torch.equal(probe.generator, saved["generators"][0])

@@ -125,7 +125,12 @@ def test_offline_wandb_sweep_then_compare(tmp_path):
 @pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = sweep("experiment=smoke", "data.target=/no/such/file.png,flower", f"hydra.sweep.dir={sweep_dir}")
+    result = sweep(
+        "experiment=smoke",
+        "callbacks.media=null",
+        "data.target=/no/such/file.png,flower",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert result.returncode != 0  # the sweep reports the failure ...
     assert status(sweep_dir / "0")["status"] == "failed"
     assert "/no/such/file.png" in status(sweep_dir / "0")["error"]
@@ -144,6 +149,7 @@ def test_launchers_run_a_two_job_sweep(tmp_path, launcher):
     result = sweep(
         "experiment=smoke",
         "trainer.max_steps=2",
+        "callbacks.media=null",
         "seed=0,1",
         f"hydra/launcher={launcher}",
         *extra,
@@ -161,6 +167,7 @@ def test_optuna_search_minimises_the_returned_objective(tmp_path):
     result = sweep(
         "hparams_search=optuna",
         "experiment=smoke",
+        "callbacks.media=null",
         "hydra.sweeper.n_trials=2",
         "rollout.min_steps=choice(8,16)",
         f"hydra.sweep.dir={sweep_dir}",
