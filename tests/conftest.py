@@ -9,7 +9,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from warm import dies_with_the_tests  # noqa: F401  (tests import it from here)
 
 from ncalab.train import available_cores
 

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PERCEPTIONS, ROOT, dies_with_the_tests, make_cfg
+from conftest import PERCEPTIONS, ROOT, make_cfg
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from warm import dies_with_the_tests
 
 from ncalab.demo import (
     DEFAULT_PRETRAINED,

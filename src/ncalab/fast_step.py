@@ -100,7 +100,8 @@ def step_weights(nca: NCA) -> StepWeights | None:
 
 def step(nca: NCA, x: torch.Tensor, fire_rate: float, weights: StepWeights | None = None) -> torch.Tensor:
     """``nca.plain_step(x, fire_rate)``, computed as the module docstring says. ``weights``: ``step_weights(nca)``,
-    derived once for many steps (a rollout, where the parameters do not change); derived here when not given."""
+    derived once for many steps (a rollout, where the parameters do not change), used by every path of the step;
+    what a path needs of them is derived here when not given."""
     low = low_dtype(nca.precision, x)
     ctx = torch.autocast(x.device.type, enabled=False) if low is not None else contextlib.nullcontext()
     with ctx:
@@ -113,7 +114,7 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float, weights: StepWeights | Non
         on_cpu = x.device.type == "cpu"
         rows = update_rows(pre, fire, nca.sparse_below) if on_cpu and not nca._compiled else None
         if rows is not None and within_contract(nca.perception):
-            return sparse_step(nca, x, pre, rows, low, weights or step_weights(nca))
+            return sparse_step(nca, x, pre, rows, low, step_weights(nca) if weights is None else weights)
         # Perception in float32 even for bf16 on CPU: a depthwise convolution is cheap, and bf16 ones run slower.
         parts, op_major = perceive_rows(nca.perception, x, None if on_cpu else low)
         if rows is None:
@@ -125,7 +126,10 @@ def step(nca: NCA, x: torch.Tensor, fire_rate: float, weights: StepWeights | Non
             # bf16 rows are padded to few sizes (see padded_rows); fp32 ones need not be.
             y = GatherRows.apply(rows, m if low is None else padded_rows(m), low or parts[0].dtype, *parts)
         l1, l2 = nca.update[0], nca.update[2]
-        w1, w2 = first_layer(nca, op_major), l2.weight.flatten(1)
+        if weights is None:
+            w1, w2 = first_layer(nca, op_major), l2.weight.flatten(1)
+        else:  # derived once for the rollout (the same matrices: op_major is n_ops > 1 within the contract)
+            w1, w2 = weights.first, weights.second
         if nca._compiled:  # plain ops: inductor fuses them itself
             w1a = torch.cat([w1, l1.bias[:, None]], dim=1).to(y.dtype)
             b2 = None if l2.bias is None else l2.bias.to(y.dtype)
