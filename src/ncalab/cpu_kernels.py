@@ -1,0 +1,147 @@
+"""The fused CPU kernels of the sparse step (``ncalab/csrc/sparse_step.cpp``): built once, loaded after.
+
+The step on CPU (:class:`ncalab.fast_step.SparseStep`) spends about as long in the memory passes around its matrix
+products (gathering the updated cells' rows, scattering the updates back, the alive masks, the same in backward) as
+in the products; as ATen ops each pass is several grid walks. The four kernels of ``sparse_step.cpp`` do each in
+one parallel loop and compute bit for bit what the ATen ops compute (``tests/test_fast_path.py``). They are C++,
+built with torch's extension builder (``torch.utils.cpp_extension``: a C++ compiler and ``ninja``) the first time
+they are asked for, ``make install`` builds them, and then loaded from the build folder
+(``~/.cache/ncalab/kernels``, or ``$NCALAB_KERNELS_DIR``), keyed by the source, torch and Python versions. Where they
+cannot be built (no compiler), the step says so once and uses the ATen ops: same values, slower.
+``NCALAB_CPU_KERNELS=0`` turns them off.
+
+``python -m ncalab.cpu_kernels`` builds them and says where, or why not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from filelock import FileLock
+
+SOURCE = Path(__file__).with_name("csrc") / "sparse_step.cpp"
+ENV = "NCALAB_CPU_KERNELS"
+DIR_ENV = "NCALAB_KERNELS_DIR"
+# -fopenmp: at::parallel_for runs on torch's OpenMP threads (without it, on one). No -march=native: a build folder
+# may be shared by machines with different CPUs (a cluster's home).
+CFLAGS = ["-O3", "-fopenmp"]
+
+log = logging.getLogger(__name__)
+_module: ModuleType | None = None
+_tried = False
+_why_not: str | None = None
+
+
+def enabled() -> bool:
+    """Whether the kernels may be used (``NCALAB_CPU_KERNELS`` is not 0)."""
+    return os.environ.get(ENV, "1") != "0"
+
+
+def build_name() -> str:
+    """The extension's name: the source's, torch's and Python's versions in it, so that a change rebuilds."""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    h.update(f"{torch.__version__} {sys.version_info[:2]} {' '.join(CFLAGS)}".encode())
+    return f"ncalab_sparse_step_{h.hexdigest()[:12]}"
+
+
+def build_dir() -> Path:
+    root = (
+        os.environ.get(DIR_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ncalab"
+    )
+    return Path(root) / "kernels" / build_name()
+
+
+def _library(directory: Path, name: str) -> Path:
+    # the file torch's builder writes (torch.utils.cpp_extension.LIB_EXT)
+    return directory / f"{name}{'.pyd' if sys.platform == 'win32' else '.so'}"
+
+
+def _import(path: Path, name: str) -> ModuleType:
+    loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def _build(directory: Path, name: str) -> ModuleType:
+    # Importing it warns that no CUDA runtime is found: nothing of CUDA is built here.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(
+        name=name,
+        sources=[str(SOURCE)],
+        extra_cflags=CFLAGS,
+        build_directory=str(directory),
+        is_python_module=True,
+        verbose=False,
+    )
+
+
+def load() -> ModuleType | None:
+    """The kernels' module, or None: turned off, or they could not be built (then a warning says why, once).
+
+    A finished build is imported straight from its folder, else it is built there first; both under a lock on the
+    folder, so that processes starting together build it once and none imports a library being written."""
+    global _module, _tried, _why_not
+    if not enabled():
+        return None
+    if _tried:
+        return _module
+    name, directory = build_name(), build_dir()
+    library = _library(directory, name)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory / "ncalab.lock")):
+            if library.exists():
+                _module = _import(library, name)
+            else:
+                log.info("building ncalab's fused CPU kernels once (about 30 s) in %s", directory)
+                _module = _build(directory, name)
+    except Exception as e:  # no compiler or ninja, a failed build, an unloadable library: the ATen ops do it
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        _why_not = f"{type(e).__name__}: {first}"
+        warnings.warn(
+            f"ncalab's fused CPU kernels could not be built or loaded ({_why_not}); the CPU step uses ATen ops "
+            f"instead (same values, slower). `python -m ncalab.cpu_kernels` builds them (after deleting {directory} "
+            f"if a build there was cut short); {ENV}=0 silences this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        _module = None
+    _tried = True
+    return _module
+
+
+def why_not() -> str | None:
+    """Why the last :func:`load` gave None after trying (None when it did not fail)."""
+    return _why_not
+
+
+def main() -> int:
+    if not enabled():
+        print(f"{ENV}=0: the fused CPU kernels are turned off")
+        return 0
+    start = time.perf_counter()
+    module = load()
+    if module is None:
+        print(f"the fused CPU kernels were not built ({_why_not}); the CPU step uses ATen ops (slower)")
+        return 1
+    print(f"fused CPU kernels ready in {build_dir()} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
