@@ -3,11 +3,12 @@
 The step on CPU (:class:`ncalab.fast_step.SparseStep`) spends about as long in the memory passes around its matrix
 products (gathering the updated cells' rows, scattering the updates back, the alive masks, the same in backward) as
 in the products; as ATen ops each pass is several grid walks. The four kernels of ``sparse_step.cpp`` do each in
-one parallel loop and compute bit for bit what the ATen ops compute (``tests/test_fast_path.py``). They are C++,
+one parallel loop and compute bit for bit what the ATen ops compute (``tests/test_cpu_kernels.py``). They are C++,
 built with torch's extension builder (``torch.utils.cpp_extension``: a C++ compiler and ``ninja``) the first time
 they are asked for, ``make install`` builds them, and then loaded from the build folder
 (``~/.cache/ncalab/kernels``, or ``$NCALAB_KERNELS_DIR``), keyed by the source, torch and Python versions. Where they
-cannot be built (no compiler), the step says so once and uses the ATen ops: same values, slower.
+cannot be built (no compiler, or one without OpenMP), the step says so once and uses the ATen ops: same values,
+slower.
 ``NCALAB_CPU_KERNELS=0`` turns them off.
 
 ``python -m ncalab.cpu_kernels`` builds them and says where, or why not.
