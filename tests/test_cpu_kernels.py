@@ -168,3 +168,17 @@ def test_scatter_update_is_the_update_and_the_alive_masks_on_a_non_square_grid(k
     assert torch.equal(keep.view(b, 1, h, w), want_keep)
     assert 0 < want_keep.sum() < n
     assert torch.equal(new.view(b, h, w, c).permute(0, 3, 1, 2), want * want_keep)
+
+
+def test_a_failed_build_is_told_by_its_telling_line():
+    ninja_output = (
+        "Error building extension 'ncalab_sparse_step_x': [1/2] c++ -MMD -O3 -fopenmp -c sparse_step.cpp\n"
+        "FAILED: sparse_step.o\nc++ -MMD -O3 -fopenmp -c sparse_step.cpp\n"
+        "/bin/sh: 1: c++: not found\nninja: build stopped: subcommand failed.\n"
+    )
+    assert cpu_kernels.reason(ninja_output) == "/bin/sh: 1: c++: not found"
+    assert cpu_kernels.reason("Ninja is required to load C++ extensions") == (
+        "Ninja is required to load C++ extensions"
+    )
+    assert cpu_kernels.reason("something\nelse") == "something"
+    assert len(cpu_kernels.reason("error: " + "x" * 1000)) == 300

@@ -21,6 +21,7 @@ import importlib.machinery
 import importlib.util
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -112,8 +113,7 @@ def load() -> ModuleType | None:
                 log.info("building ncalab's fused CPU kernels once (about 30 s) in %s", directory)
                 _module = _build(directory, name)
     except Exception as e:  # no compiler or ninja, a failed build, an unloadable library: the ATen ops do it
-        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        _why_not = f"{type(e).__name__}: {first}"
+        _why_not = f"{type(e).__name__}: {reason(str(e))}"
         warnings.warn(
             f"ncalab's fused CPU kernels could not be built or loaded ({_why_not}); the CPU step uses ATen ops "
             f"instead (same values, slower). `python -m ncalab.cpu_kernels` builds them (after deleting {directory} "
@@ -124,6 +124,16 @@ def load() -> ModuleType | None:
         _module = None
     _tried = True
     return _module
+
+
+def reason(message: str) -> str:
+    """The telling line of a failed build's output (the compiler's error, a missing program), not the command."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    telling = [
+        line for line in lines if re.search(r"error:|not found|no such file|fatal|required", line, re.I)
+    ]
+    line = (telling or lines or ["unknown error"])[0]
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def why_not() -> str | None:
