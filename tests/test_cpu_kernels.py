@@ -182,3 +182,18 @@ def test_a_failed_build_is_told_by_its_telling_line():
     )
     assert cpu_kernels.reason("something\nelse") == "something"
     assert len(cpu_kernels.reason("error: " + "x" * 1000)) == 300
+
+
+def test_a_dead_grid_updates_no_row_in_both_paths(kernels, monkeypatch):
+    nca = make_nca("sobel3", precision="bf16")
+    x = torch.zeros(2, 16, 10, 10, requires_grad=True)  # no live cell: no row is updated
+    outs = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv(cpu_kernels.ENV, flag)
+        out = nca.rollout(x, 3)
+        outs.append(
+            [out.detach(), *torch.autograd.grad(out.square().sum() + out.sum(), [x, *nca.parameters()])]
+        )
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+    assert not outs[0][0].any()
