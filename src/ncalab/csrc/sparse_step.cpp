@@ -34,11 +34,13 @@ void check_low(at::ScalarType dtype) {
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "dtype must be float32 or bfloat16, got ", dtype);
 }
 
+// out (total rows): row r < m holds the sources' rows rows[r] side by side (and a 1 after them with `bias`), the rows
+// from m on are zero.
 template <typename T>
 void gather_rows_impl(const int64_t* rows, int64_t m, int64_t total, const std::vector<const float*>& src, int64_t c,
-                      T* out) {
+                      bool bias, T* out) {
   const int64_t q = static_cast<int64_t>(src.size());
-  const int64_t k = c * q + 1;
+  const int64_t k = c * q + (bias ? 1 : 0);
   at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       T* o = out + r * k;
@@ -48,7 +50,7 @@ void gather_rows_impl(const int64_t* rows, int64_t m, int64_t total, const std::
           const float* s = src[p] + cell * c;
           for (int64_t j = 0; j < c; ++j) o[p * c + j] = static_cast<T>(s[j]);
         }
-        o[k - 1] = static_cast<T>(1.0f);
+        if (bias) o[k - 1] = static_cast<T>(1.0f);
       } else {
         for (int64_t j = 0; j < k; ++j) o[j] = static_cast<T>(0.0f);
       }
@@ -110,17 +112,7 @@ void gather_grad_impl(const float* g_out, const bool* keep, const int64_t* rows,
       for (int64_t j = 0; j < c; ++j) gx[i * c + j] = g_out[i * c + j] * f;
     }
   });
-  at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      T* o = g + r * c;
-      if (r < m) {
-        const float* s = gx + rows[r] * c;
-        for (int64_t j = 0; j < c; ++j) o[j] = static_cast<T>(s[j]);
-      } else {
-        for (int64_t j = 0; j < c; ++j) o[j] = static_cast<T>(0.0f);
-      }
-    }
-  });
+  gather_rows_impl<T>(rows, m, total, {gx}, c, /*bias=*/false, g);
 }
 
 template <typename T>
@@ -160,9 +152,10 @@ at::Tensor gather_rows(const at::Tensor& rows, int64_t total, const std::vector<
   }
   at::Tensor y = at::empty({total, c * static_cast<int64_t>(parts.size()) + 1}, parts[0].options().dtype(dtype));
   if (dtype == at::kFloat) {
-    gather_rows_impl<float>(rows.data_ptr<int64_t>(), m, total, src, c, y.data_ptr<float>());
+    gather_rows_impl<float>(rows.data_ptr<int64_t>(), m, total, src, c, /*bias=*/true, y.data_ptr<float>());
   } else {
-    gather_rows_impl<c10::BFloat16>(rows.data_ptr<int64_t>(), m, total, src, c, y.data_ptr<c10::BFloat16>());
+    gather_rows_impl<c10::BFloat16>(rows.data_ptr<int64_t>(), m, total, src, c, /*bias=*/true,
+                                    y.data_ptr<c10::BFloat16>());
   }
   return y;
 }
