@@ -3,6 +3,7 @@ target (a built-in name or an image file) as the padded, premultiplied RGBA tens
 
 - :func:`builtin_targets`: the names of the built-in targets (``flower``, ``mosaic``);
 - :func:`resolve_target`: a built-in name or a path -> the image file;
+- ``emoji:<name or code point>``: an emoji of the OpenMoji set, drawn from its SVG (:mod:`ncalab.targets.emoji`);
 - :func:`load_target`: read it (checked from its header first: :mod:`ncalab.images`), fit it into
   ``size`` x ``size`` keeping its aspect ratio, premultiply alpha, centre it and pad it by empty cells.
 """
@@ -20,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ncalab.errors import TargetError
 from ncalab.images import check_size, note_opaque
 from ncalab.nca import ALPHA
+from ncalab.targets.emoji import RENDER_PX, is_emoji_target, render_emoji
 
 __all__ = ["builtin_targets", "load_target", "resolve_target"]
 
@@ -38,7 +40,7 @@ def resolve_target(target: str) -> Path:
     if not path.exists():
         raise TargetError(
             f"data.target={target!r}: no such file, and not a built-in target "
-            f"(built-ins: {', '.join(builtin_targets())}; or give a path to a PNG/JPEG/... image)"
+            f"(built-ins: {', '.join(builtin_targets())}; an emoji as emoji:<name or code point>; or a path to a PNG/JPEG/... image)"
         )
     if not path.is_file():
         raise TargetError(f"data.target={target!r} is a directory, not an image file")
@@ -53,25 +55,34 @@ def _to_rgba(im: Image.Image) -> Image.Image:
     return im.convert("RGBA")
 
 
+def _read_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            check_size(im, path)  # from the header: Image.open has decoded nothing yet
+            im.load()
+            note_opaque(im, path)
+            return _to_rgba(ImageOps.exif_transpose(im))
+    except TargetError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise TargetError(f"data.target={str(path)!r} is not an image Pillow can read ({exc})") from exc
+
+
 def load_target(target: str, size: int = 40, padding: int = 16, allow_upscale: bool = False) -> torch.Tensor:
-    """Load ``target`` as premultiplied RGBA ``4 x H x W`` in [0, 1].
+    """Load ``target`` (a built-in name, an image file, or ``emoji:<name or code point>``: :mod:`.emoji`) as
+    premultiplied RGBA ``4 x H x W`` in [0, 1].
 
     The image is fitted into ``size`` x ``size`` keeping its aspect ratio (an image without alpha is fully opaque),
     then padded by ``padding`` empty cells on every side. An image larger than
     :data:`ncalab.images.MAX_TARGET_PIXELS` is refused from its header, before it is decoded; one without alpha is
     said so once (it grows as an opaque rectangle).
     """
-    path = resolve_target(target)
-    try:
-        with Image.open(path) as im:
-            check_size(im, path)  # from the header: Image.open has decoded nothing yet
-            im.load()
-            note_opaque(im, path)
-            image = _to_rgba(ImageOps.exif_transpose(im))
-    except TargetError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise TargetError(f"data.target={str(path)!r} is not an image Pillow can read ({exc})") from exc
+    if is_emoji_target(target):
+        path = Path(target)  # names the target in the messages below
+        image = render_emoji(target, max(RENDER_PX, 2 * size))
+    else:
+        path = resolve_target(target)
+        image = _read_image(path)
     w, h = image.size
     scale = size / max(w, h)
     if scale > 1.0 and not allow_upscale:
