@@ -71,3 +71,44 @@ def test_shipping_a_run_exports_evaluates_and_writes_the_card(smoke_cfg, tmp_pat
 def test_shipping_from_a_missing_run_names_it(tmp_path, capsys):
     assert ship_main([str(tmp_path / "nothing"), "x", "--dest", str(tmp_path / "d")]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def _card_for_target(tmp_path, target: str) -> str:
+    """The card write_card writes for the shipped flower's model.json and evaluation with ``target`` as the
+    target it was trained on."""
+    from ncalab.pretrained.__main__ import package_dir, write_card
+
+    shipped = package_dir() / "flower"
+    meta = json.loads((shipped / "model.json").read_text())
+    meta["config"]["data"]["target"] = target
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    evaluation = json.loads((shipped / "evaluation.json").read_text())
+    return write_card("x", tmp_path, evaluation, {}).read_text()
+
+
+def test_the_card_of_a_model_trained_on_an_emoji_names_it_openmoji_and_its_licence(tmp_path):
+    from ncalab.targets.emoji import emoji_attribution
+
+    card = _card_for_target(tmp_path, "emoji:1F40C")
+    attribution = emoji_attribution("emoji:1F40C")
+    assert attribution in card.splitlines()[-1]
+    assert "the emoji snail (U+1F40C) from OpenMoji" in attribution and "CC BY-SA 4.0" in attribution
+    assert "grows the `emoji:1F40C` target" in card, "not called a built-in target"
+
+
+def test_the_card_of_a_model_trained_on_anything_else_has_no_emoji_licence(tmp_path):
+    card = _card_for_target(tmp_path, "flower")
+    assert "grows the built-in `flower` target" in card
+    assert "OpenMoji" not in card and "CC BY-SA" not in card
+
+
+def test_the_card_keeps_the_emoji_licence_where_the_emoji_set_is_not_installed(tmp_path, monkeypatch):
+    import ncalab.targets.emoji as emoji_set
+    from ncalab.errors import TargetError
+
+    def missing(target):
+        raise TargetError("emoji names need the `emoji` package, which is not installed: make install")
+
+    monkeypatch.setattr(emoji_set, "emoji_attribution", missing)
+    card = _card_for_target(tmp_path, "emoji:snail")
+    assert "`emoji:snail` from OpenMoji" in card and "CC BY-SA 4.0" in card

@@ -52,8 +52,30 @@ def _f(value: Any, spec: str = ".4g") -> str:
     return str(value)
 
 
+def target_licence(target: str) -> str | None:
+    """The card's licence line for a model trained on an emoji (``emoji:<name or code point>``): the emoji, the
+    set and its licence; None for any other target. Where the emoji cannot be looked up (the set is not installed
+    here), the line names the target as it was given."""
+    from ncalab.errors import TargetError
+    from ncalab.targets import emoji
+
+    if not emoji.is_emoji_target(target):
+        return None
+    try:
+        line = emoji.emoji_attribution(target)
+    except TargetError:
+        line = (
+            f"Target: the emoji `{target}` from {emoji.EMOJI_SET} (https://openmoji.org), licensed "
+            f"{emoji.EMOJI_LICENSE} ({emoji.EMOJI_LICENSE_URL})."
+        )
+    return f"{line} `target.png` is drawn from it and shared under the same licence."
+
+
 def write_card(name: str, folder: Path, evaluation: dict[str, Any], summary: dict[str, Any]) -> Path:
-    """``MODEL_CARD.md`` for the model in ``folder`` from its ``model.json``, evaluation and the run's summary."""
+    """``MODEL_CARD.md`` for the model in ``folder`` from its ``model.json``, evaluation and the run's summary
+    (with the licence of the target where it is an emoji: :func:`target_licence`)."""
+    from ncalab.targets import builtin_targets
+
     meta = json.loads((folder / "model.json").read_text())
     config = meta.get("config", {})
     data, rollout, perception = config.get("data", {}), config.get("rollout", {}), meta["perception"]
@@ -69,10 +91,13 @@ def write_card(name: str, folder: Path, evaluation: dict[str, Any], summary: dic
         for region in ("left", "right", "top", "bottom", "center")
     )
     wall = summary.get("wall_time_s")
+    target = str(data.get("target"))
+    licence = target_licence(target)
     lines = [
         f"# Model card: {name}",
         "",
-        f"An ncalab NCA that grows the built-in `{data.get('target')}` target from a single seed cell, holds it and "
+        f"An ncalab NCA that grows the {'built-in ' if target in builtin_targets() else ''}`{target}` target from a "
+        "single seed cell, holds it and "
         "regrows it after damage. Shipped for the browser demo (`make demo`) and `python -m ncalab.evaluate`.",
         "",
         "| | |",
@@ -108,6 +133,7 @@ def write_card(name: str, folder: Path, evaluation: dict[str, Any], summary: dic
         "(target over white), `evaluation.json`.",
         f"Rebuild: `python train.py experiment=pretrained_{name}`, then "
         f"`python -m ncalab.pretrained outputs/runs/<run> {name}`.",
+        *(["", licence] if licence else []),
         "",
     ]
     path = folder / CARD
