@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import warm
@@ -41,6 +41,25 @@ SOURCE_STEPS = {
     "trainable_scale": 6400,
 }
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+QUICKSTART = CONF / "experiment" / "quickstart.yaml"
+# targets_cpu's emoji (data.target=emoji:<name>), in launch order.
+EMOJI = ("lizard", "butterfly", "snail", "rainbow", "doughnut", "cherries", "red_heart", "spider_web")
+# The keys of the quickstart's recipe that targets_cpu keeps (their values: conf/experiment/quickstart.yaml).
+RECIPE_KEYS = (
+    "data.target_size",
+    "data.padding",
+    "data.pool_size",
+    "data.batch_size",
+    "rollout.min_steps",
+    "rollout.max_steps",
+    "trainer.max_steps",
+    "optim.milestones",
+)
+# What targets_cpu sets beyond the quickstart's recipe: videos once, at the end; evaluated for 10,000 steps.
+TARGETS_CPU_OWN = {
+    "callbacks.media.every_n_steps": 0,
+    "callbacks.evaluation.long_run_steps": [500, 2000, 10000],
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,11 @@ def job_of(cfg: DictConfig) -> Job:
 def expand(*command_line: str) -> tuple[DictConfig, list[Job]]:
     cfg, jobs = job_overrides(*command_line)
     return cfg, [job_of(compose_train(j)) for j in jobs]
+
+
+def quickstart_job(target: str) -> Job:
+    """A job of targets_cpu: exactly experiment=quickstart (as its file says now) on ``target``."""
+    return replace(job_of(compose_train(["experiment=quickstart"])), target=target)
 
 
 def bank_job(seed: int) -> Job:
@@ -202,6 +226,7 @@ EXPECTED = {
         for s in (0, 1)
     ],
     "sweep_perception": [perception_job(p, s) for p in FIVE for s in (0, 1, 2)],
+    "targets_cpu": [quickstart_job(f"emoji:{name}") for name in EMOJI],
 }
 
 
@@ -265,12 +290,46 @@ def test_a_tiny_override_applies_to_every_job_of_the_comparison():
     ]
 
 
-@pytest.mark.parametrize("experiment", ["seed_comparison_cpu", "resolution_cpu", "operators_cpu"])
+@pytest.mark.parametrize(
+    "experiment", ["seed_comparison_cpu", "resolution_cpu", "operators_cpu", "targets_cpu"]
+)
 def test_cpu_studies_run_two_jobs_at_a_time(experiment):
     cfg, _ = job_overrides(f"experiment={experiment}")
     assert cfg.hydra.launcher._target_ == JOBLIB
     assert cfg.hydra.launcher.n_jobs == 2
     assert cfg.threads is None  # each job takes its share of the cores (ncalab.train.torch_threads)
+
+
+def settings(cfg: DictConfig) -> dict[str, object]:
+    """Every value a config sets, by dotted key (``data.target_size``; interpolations as written)."""
+
+    def walk(node: object, prefix: str) -> dict[str, object]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, value in node.items() for k, v in walk(value, f"{prefix}{key}.").items()}
+
+    return {k.rstrip("."): v for k, v in walk(OmegaConf.to_container(cfg, resolve=False), "").items()}
+
+
+@pytest.mark.slow
+def test_targets_cpu_trains_the_quickstart_recipe_on_eight_emoji():
+    """Each job is `experiment=quickstart data.target=emoji:<name>` with targets_cpu's own media and evaluation
+    settings: the recipe is read from quickstart.yaml, so an edit of either file that makes them differ fails."""
+    from ncalab.targets.emoji import resolve_emoji
+
+    _, overrides = job_overrides("experiment=targets_cpu")
+    configs = [compose_train(job) for job in overrides]
+    assert [cfg.data.target for cfg in configs] == [f"emoji:{name}" for name in EMOJI]
+    assert [resolve_emoji(name).name for name in EMOJI] == list(EMOJI), "each target is an emoji of the set"
+    recipe = {k: v for k, v in settings(OmegaConf.load(QUICKSTART)).items() if k != "data.target"}
+    assert set(RECIPE_KEYS) <= set(recipe), "quickstart.yaml no longer sets the whole recipe"
+    for cfg in configs:
+        job = settings(cfg)
+        assert {k: job.get(k) for k in recipe} == recipe, cfg.data.target
+        assert {k: job.get(k) for k in TARGETS_CPU_OWN} == TARGETS_CPU_OWN, cfg.data.target
+        # and nothing else differs from the quickstart
+        own = [f"{k}={v}".replace(" ", "") for k, v in TARGETS_CPU_OWN.items()]
+        assert cfg == compose_train(["experiment=quickstart", f"data.target={cfg.data.target}", *own])
 
 
 DRY_LAUNCHER = '''
