@@ -122,6 +122,33 @@ def test_hole_shapes():
     assert kinds == {True, False}
 
 
+def test_cut_damage_takes_one_side_of_a_line():
+    """A cut zeroes everything on one side of a straight line through a point of the middle half: 15-85% of the
+    grid, a convex region that reaches the grid's edge; mixed with discs, the disc draws stay Distill's."""
+    from ncalab.data import hole_damage
+
+    x = torch.ones(256, 1, 41, 41)
+    cut = hole_damage(x, torch.Generator().manual_seed(0), (0.1, 0.4), ("cut",))
+    gone = (cut == 0).flatten(1).float().mean(1)
+    assert float(gone.min()) > 0.1 and float(gone.max()) < 0.9
+    assert 0.4 < float(gone.mean()) < 0.6
+    # every hole touches the border (a side of the pattern is gone, not a hole inside it)
+    border = torch.ones(41, 41, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    assert bool(((cut[:, 0] == 0) & border).flatten(1).any(1).all())
+    # a line: along every row the removed cells form one run that starts or ends at the border
+    for sample in cut[:8, 0]:
+        for row in sample:
+            idx = (row == 0).nonzero().flatten()
+            if len(idx):
+                assert int(idx[-1] - idx[0]) + 1 == len(idx)
+                assert int(idx[0]) == 0 or int(idx[-1]) == 40
+    # mixed with discs: both kinds occur, and the cut angle is not drawn when no cut is asked for
+    mixed = hole_damage(x, torch.Generator().manual_seed(0), (0.1, 0.4), ("disc", "cut"))
+    touches = ((mixed[:, 0] == 0) & border).flatten(1).any(1)
+    assert 0 < int(touches.sum()) < 256
+
+
 def test_damage_shapes_reach_the_batch_and_bad_ones_are_refused(smoke_cfg):
     from hydra.utils import instantiate
 

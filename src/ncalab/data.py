@@ -48,7 +48,7 @@ def circle_damage(
     return hole_damage(x, generator, radius, ("disc",))
 
 
-DAMAGE_SHAPES = ("disc", "square")
+DAMAGE_SHAPES = ("disc", "square", "cut")
 
 
 def hole_damage(
@@ -57,25 +57,34 @@ def hole_damage(
     radius: tuple[float, float] = DAMAGE_RADIUS,
     shapes: tuple[str, ...] = ("disc",),
 ) -> torch.Tensor:
-    """Zero a random hole in each sample: its centre uniform in the middle half of the grid, its size (a disc's
-    radius, a square's half side) uniform in ``radius`` (units of half the grid), its shape drawn uniformly from
-    ``shapes`` (``disc``: Distill's; ``square``: an axis-aligned square). With one shape no shape is drawn, so
+    """Zero a random hole in each sample: its centre uniform in the middle half of the grid, its shape drawn
+    uniformly from ``shapes``:
+
+    - ``disc`` (Distill's) and ``square`` (axis-aligned): a radius or half side uniform in ``radius`` (units of
+      half the grid);
+    - ``cut``: everything on one side of a straight line through the centre, at an angle drawn uniformly: a
+      pattern loses a whole side (15-85% of it), as when a user erases a half; a hole inside the pattern never
+      shows that.
+
+    With one shape no shape is drawn, and the angle is drawn only when ``cut`` is among ``shapes``, so
     ``("disc",)`` draws exactly Distill's holes from the generator."""
     b, _, h, w = x.shape
     g = dict(generator=generator) if generator is not None else {}
     centre = torch.rand(b, 2, 1, 1, **g) - 0.5
     r = radius[0] + (radius[1] - radius[0]) * torch.rand(b, 1, 1, **g)
+    pick = torch.randint(len(shapes), (b, 1, 1), **g) if len(shapes) > 1 else None
+    angle = 2.0 * math.pi * torch.rand(b, 1, 1, **g) if "cut" in shapes else None
     ys = torch.linspace(-1.0, 1.0, h).view(1, h, 1)
     xs = torch.linspace(-1.0, 1.0, w).view(1, 1, w)
     dx, dy = xs - centre[:, 0], ys - centre[:, 1]
     holes = {
         "disc": lambda: (dx**2 + dy**2) < r**2,
         "square": lambda: (dx.abs() < r) & (dy.abs() < r),
+        "cut": lambda: (dx * torch.cos(angle) + dy * torch.sin(angle)) > 0,
     }
-    if len(shapes) == 1:
+    if pick is None:
         hole = holes[shapes[0]]()
     else:
-        pick = torch.randint(len(shapes), (b, 1, 1), **g)
         hole = torch.zeros(b, h, w, dtype=torch.bool)
         for i, shape in enumerate(shapes):
             hole |= holes[shape]() & (pick == i)
