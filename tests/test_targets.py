@@ -467,3 +467,67 @@ def test_builtin_file_is_not_modified() -> None:
     before = path.read_bytes()
     load_target("flower", 40, 16)
     assert path.read_bytes() == before
+
+
+# ---------------------------------------------------------------- the seed on the pattern
+
+
+def _ring(path: Path, size: int = 20, inner: float = 4.0, outer: float = 9.0) -> Path:
+    """An opaque ring (a hole in the middle), centred."""
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
+    r = np.hypot(yy, xx)
+    a = np.zeros((size, size, 4), np.uint8)
+    a[(r >= inner) & (r <= outer)] = (200, 40, 40, 255)
+    return _save_rgba(path, a)
+
+
+def test_a_target_with_a_hole_at_the_seed_is_moved_onto_it(tmp_path: Path) -> None:
+    """A ring's middle cell is transparent: with on_seed the image moves by whole cells so that its nearest solid
+    cell is the grid's middle cell (where the seed is), and nothing else about it changes."""
+    path = _ring(tmp_path / "ring.png")
+    centred = load_target(str(path), 20, 4)
+    moved = load_target(str(path), 20, 4, on_seed=True)
+    h, w = moved.shape[-2:]
+    assert float(centred[3, h // 2, w // 2]) == 0.0
+    assert float(moved[3, h // 2, w // 2]) >= 0.5
+    # a pure shift, by the distance to the ring's inner edge
+    found = [
+        (dy, dx)
+        for dy in range(-6, 7)
+        for dx in range(-6, 7)
+        if torch.equal(torch.roll(centred, (dy, dx), (1, 2)), moved)
+    ]
+    assert len(found) == 1 and 3 <= max(abs(found[0][0]), abs(found[0][1])) <= 5
+    assert float(moved.sum()) == pytest.approx(float(centred.sum()))
+
+
+def test_a_target_solid_at_the_seed_is_left_where_it_is() -> None:
+    for name, size, padding in (("flower", 24, 6), ("mosaic", 64, 8)):
+        assert torch.equal(load_target(name, size, padding), load_target(name, size, padding, on_seed=True))
+
+
+def test_moving_onto_the_seed_refuses_to_push_the_image_off_the_grid(tmp_path: Path) -> None:
+    path = _ring(tmp_path / "ring.png")
+    with pytest.raises(TargetError, match=r"data\.padding.*data\.seed_on_pattern=false") as info:
+        load_target(str(path), 20, 0, on_seed=True)
+    assert "\n" not in str(info.value)
+
+
+def test_the_datamodule_puts_the_seed_on_the_pattern_by_default(tmp_path: Path) -> None:
+    """data.seed_on_pattern (default true) reaches load_target: the pool's seed cell sits on the ring; false keeps
+    the image centred (a run from before the option evaluates as it trained: evaluate reads a missing key as false)."""
+    from ncalab.data import NCADataModule
+    from ncalab.evaluate import _target_and_horizon
+
+    path = _ring(tmp_path / "ring.png")
+    dm = NCADataModule(target=str(path), target_size=20, padding=4, pool_size=2, batch_size=1, damage_share=0.0)
+    h, w = dm.target.shape[-2:]
+    assert float(dm.target[3, h // 2, w // 2]) >= 0.5
+    off = NCADataModule(
+        target=str(path), target_size=20, padding=4, pool_size=2, batch_size=1, damage_share=0.0, seed_on_pattern=False
+    )
+    assert float(off.target[3, h // 2, w // 2]) == 0.0
+    config = {"data": {"target": str(path), "target_size": 20, "padding": 4}, "rollout": {"max_steps": 8}}
+    assert torch.equal(_target_and_horizon(config, "old run")[0], off.target)
+    config["data"]["seed_on_pattern"] = True
+    assert torch.equal(_target_and_horizon(config, "new run")[0], dm.target)

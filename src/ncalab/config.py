@@ -49,6 +49,7 @@ RULES: dict[str, Rule] = {
     "data.target_size": (lambda v: _is_int(v) and v >= 4, "an integer >= 4"),
     "data.padding": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "data.allow_upscale": (lambda v: isinstance(v, bool), "true or false"),
+    "data.seed_on_pattern": (lambda v: isinstance(v, bool), "true or false"),
     "data.pool_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data.batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data.mode": (lambda v: v in MODES, " | ".join(MODES)),

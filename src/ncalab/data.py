@@ -199,6 +199,7 @@ class NCADataModule(L.LightningDataModule):
         target_size: int = 40,
         padding: int = 16,
         allow_upscale: bool = False,
+        seed_on_pattern: bool = True,
         channels: int = 16,
         pool_size: int = 1024,
         batch_size: int = 8,
@@ -237,7 +238,7 @@ class NCADataModule(L.LightningDataModule):
         self.damage_n = damaged if mode == "regenerating" else 0
         self.steps_per_epoch = steps_per_epoch
         self.seed = seed
-        self.target = load_target(target, target_size, padding, allow_upscale)
+        self.target = load_target(target, target_size, padding, allow_upscale, seed_on_pattern)
         _, self.height, self.width = self.target.shape
         self.generator = torch.Generator().manual_seed(seed)
         seed_cell = seed_state(1, channels, self.height, self.width)[0]

@@ -348,13 +348,15 @@ def _target_and_horizon(config: dict[str, Any], path: str | Path) -> tuple[torch
         data = config["data"]
         target, size, padding = str(data["target"]), int(data["target_size"]), int(data["padding"])
         upscale = bool(data.get("allow_upscale", False))
+        # Runs from before data.seed_on_pattern trained on the image centred as it was.
+        on_seed = bool(data.get("seed_on_pattern", False))
         horizon = int(config["rollout"]["max_steps"])
     except (KeyError, TypeError, ValueError) as exc:
         raise EvaluationError(
             f"{str(path)!r}: the saved run config lacks data.target/target_size/padding or rollout.max_steps "
             f"({type(exc).__name__}: {exc})"
         ) from exc
-    return load_target(target, size, padding, upscale), horizon
+    return load_target(target, size, padding, upscale, on_seed), horizon
 
 
 def evaluate_model(

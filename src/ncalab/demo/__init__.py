@@ -160,6 +160,7 @@ def _target_preview(config: dict[str, Any], folder: Path) -> str | None:
             int(data.get("target_size", 40)),
             int(data.get("padding", 16)),
             bool(data.get("allow_upscale", False)),
+            bool(data.get("seed_on_pattern", False)),
         )
     except Exception:  # noqa: BLE001 - a preview is optional; the model works without it
         return None

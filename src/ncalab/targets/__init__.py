@@ -23,7 +23,7 @@ from ncalab.images import check_size, note_opaque
 from ncalab.nca import ALPHA
 from ncalab.targets.emoji import RENDER_PX, is_emoji_target, render_emoji
 
-__all__ = ["builtin_targets", "load_target", "resolve_target"]
+__all__ = ["builtin_targets", "load_target", "resolve_target", "seed_on_pattern"]
 
 
 def builtin_targets() -> list[str]:
@@ -68,12 +68,49 @@ def _read_image(path: Path) -> Image.Image:
         raise TargetError(f"data.target={str(path)!r} is not an image Pillow can read ({exc})") from exc
 
 
-def load_target(target: str, size: int = 40, padding: int = 16, allow_upscale: bool = False) -> torch.Tensor:
+# The seed is one cell in the middle of the grid; a pattern must cover it.
+SEED_ALPHA = 0.5
+
+
+def seed_on_pattern(rgba: torch.Tensor, target: str) -> torch.Tensor:
+    """Move the padded target (whole cells) so that the grid's middle cell, where the seed grows from, lies on the
+    pattern: unchanged when that cell's alpha is at least :data:`SEED_ALPHA`, otherwise the nearest cell that has
+    it (ties: the first in row order) is moved there.
+
+    Why: a seed on a transparent cell (the hole of a doughnut or a ring) is taught by the first gradient to fade
+    (its target is empty, and so is all it can see), and a dead grid never learns anything again.
+    """
+    _, h, w = rgba.shape
+    cy, cx = h // 2, w // 2
+    alpha = rgba[ALPHA]
+    if alpha[cy, cx] >= SEED_ALPHA:
+        return rgba
+    ys, xs = torch.nonzero(alpha >= SEED_ALPHA, as_tuple=True)
+    if len(ys) == 0:
+        return rgba  # nothing solid anywhere: a faint target, left where it is
+    i = int(((ys - cy) ** 2 + (xs - cx) ** 2).argmin())
+    dy, dx = cy - int(ys[i]), cx - int(xs[i])
+    rows, cols = torch.nonzero(alpha > 0, as_tuple=True)
+    top, bottom = int(rows.min()) + dy, int(rows.max()) + dy
+    left, right = int(cols.min()) + dx, int(cols.max()) + dx
+    if top < 0 or left < 0 or bottom >= h or right >= w:
+        raise TargetError(
+            f"data.target={target!r}: the grid's middle cell, where the seed grows from, is transparent, and moving "
+            f"the image by ({dy}, {dx}) cells to put the seed on it would push it off the grid; give more "
+            "data.padding, or data.seed_on_pattern=false to keep it centred"
+        )
+    return torch.roll(rgba, shifts=(dy, dx), dims=(1, 2))
+
+
+def load_target(
+    target: str, size: int = 40, padding: int = 16, allow_upscale: bool = False, on_seed: bool = False
+) -> torch.Tensor:
     """Load ``target`` (a built-in name, an image file, or ``emoji:<name or code point>``: :mod:`.emoji`) as
     premultiplied RGBA ``4 x H x W`` in [0, 1].
 
     The image is fitted into ``size`` x ``size`` keeping its aspect ratio (an image without alpha is fully opaque),
-    then padded by ``padding`` empty cells on every side. An image larger than
+    then padded by ``padding`` empty cells on every side; with ``on_seed`` moved so that the seed's cell (the middle
+    of the grid) is on the pattern (:func:`seed_on_pattern`). An image larger than
     :data:`ncalab.images.MAX_TARGET_PIXELS` is refused from its header, before it is decoded; one without alpha is
     said so once (it grows as an opaque rectangle).
     """
@@ -99,7 +136,7 @@ def load_target(target: str, size: int = 40, padding: int = 16, allow_upscale: b
     rgba[:3] *= rgba[ALPHA : ALPHA + 1]
     # Centre the fitted image in a size x size square, then pad.
     pad_w, pad_h = size - new_w, size - new_h
-    return F.pad(
+    padded = F.pad(
         rgba,
         (
             pad_w // 2 + padding,
@@ -108,3 +145,4 @@ def load_target(target: str, size: int = 40, padding: int = 16, allow_upscale: b
             pad_h - pad_h // 2 + padding,
         ),
     )
+    return seed_on_pattern(padded, target) if on_seed else padded
