@@ -360,3 +360,30 @@ def test_compare_does_not_import_the_training_code():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_strip_puts_each_runs_target_above_its_grown_pattern(tmp_path, capsys):
+    """--strip: one column per run with a final.png (target half above, grown half below), labelled with what sets
+    the run apart; a sweep with no final.png writes nothing and says so."""
+    root = tmp_path / "sweep"
+    colours = {"emoji\\:snail": (255, 0, 0), "emoji\\:lizard": (0, 0, 255)}
+    for job, (target, colour) in enumerate(colours.items()):
+        write_job(root / str(job), [f"data.target={target}", "seed=0"], "finished", {"train_loss": 0.1})
+        final = Image.new("RGB", (20 + 4 + 20, 20), (255, 255, 255))
+        final.paste(Image.new("RGB", (20, 20), (0, 200, 0)), (0, 0))  # the target: green
+        final.paste(Image.new("RGB", (20, 20), colour), (24, 0))  # the grown pattern
+        final.save(root / str(job) / "final.png")
+    out = tmp_path / "strip.png"
+    code, stdout, _ = run_main(capsys, root, "--strip", out)
+    assert code == 0 and f"wrote {out} (2 runs)" in stdout
+    strip = Image.open(out).convert("RGB")
+    width = (strip.width - 4) // 2 - 4  # two columns of equal width, 4 px apart
+    for i, colour in enumerate(colours.values()):
+        x = 4 + i * (width + 4) + width // 2
+        assert strip.getpixel((x, 4 + 10)) == (0, 200, 0)  # target on top
+        assert strip.getpixel((x, 4 + 20 + 4 + 10)) == colour  # its grown pattern below
+    bare = tmp_path / "bare"
+    write_job(bare / "0", ["seed=0"], "finished", {"train_loss": 0.1})
+    code, _, stderr = run_main(capsys, bare, "--strip", tmp_path / "none.png")
+    assert code == 1 and "no run of the sweep has a final.png" in stderr
+    assert not (tmp_path / "none.png").exists()

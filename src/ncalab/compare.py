@@ -771,6 +771,42 @@ class ReportOnMultirunEnd(Callback):
             print(f"ncalab.compare: no report for {self._sweep_dir}: {exc}", file=sys.stderr)
 
 
+# final.png: the target, a gap of this many pixels, the pattern grown to the horizon (ncalab.callbacks).
+FINAL_GAP_PX = 4
+
+
+def write_strip(runs: list[RunRecord], output: Path, common: tuple[str, ...] = ()) -> int:
+    """A PNG of every run's ``final.png`` as one picture: a column per run, its target above the pattern it grew,
+    labelled with what sets the run apart (``common``: the overrides every run shares). Returns the columns."""
+    from PIL import Image, ImageDraw
+
+    columns = []
+    for run in runs:
+        if run.final_png is None:
+            continue
+        with Image.open(run.final_png) as im:
+            im = im.convert("RGB")
+            half = (im.width - FINAL_GAP_PX) // 2
+            target, grown = im.crop((0, 0, half, im.height)), im.crop((im.width - half, 0, im.width, im.height))
+        label = " ".join(o.split("=", 1)[-1].replace("\\:", ":") for o in run.overrides if o not in common) or run.job
+        columns.append((target, grown, label))
+    if not columns:
+        raise ValueError("no run of the sweep has a final.png")
+    width = max(max(t.width, len(label) * 6 + 4) for t, _, label in columns)
+    height = max(t.height for t, _, _ in columns)
+    pad, text_h = 4, 14
+    strip = Image.new("RGB", (len(columns) * (width + pad) + pad, 2 * height + text_h + 3 * pad), "white")
+    draw = ImageDraw.Draw(strip)
+    for i, (target, grown, label) in enumerate(columns):
+        x = pad + i * (width + pad)
+        strip.paste(target, (x + (width - target.width) // 2, pad))
+        strip.paste(grown, (x + (width - grown.width) // 2, 2 * pad + height))
+        draw.text((x + 2, 2 * pad + 2 * height + 1), label, fill="black")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(output)
+    return len(columns)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ncalab.compare",
@@ -796,6 +832,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=LOSS_THRESHOLD,
         help=f"train loss for the steps<thr column: first step at or below it (default: {LOSS_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--strip",
+        type=Path,
+        default=None,
+        help="also write a PNG of every run's final.png side by side (target above, grown pattern below)",
     )
     args = parser.parse_args(argv)
 
@@ -831,6 +873,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(format_markdown(runs, groups) if args.markdown else format_table(runs, groups), end="")
     print(f"\nwrote {output}")
+    if args.strip is not None:
+        common = tuple(set.intersection(*(set(r.overrides) for r in runs)))
+        try:
+            n = write_strip(runs, args.strip, common)
+        except (ValueError, OSError) as exc:
+            print(f"ncalab.compare: no strip written to {args.strip}: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.strip} ({n} runs)")
     return 0
 
 
