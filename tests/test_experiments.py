@@ -227,6 +227,7 @@ EXPECTED = {
     ],
     "sweep_perception": [perception_job(p, s) for p in FIVE for s in (0, 1, 2)],
     "targets_cpu": [quickstart_job(f"emoji:{name}") for name in EMOJI],
+    "targets_long_cpu": [replace(quickstart_job(f"emoji:{name}"), train_steps=3000) for name in EMOJI],
 }
 
 
@@ -291,7 +292,7 @@ def test_a_tiny_override_applies_to_every_job_of_the_comparison():
 
 
 @pytest.mark.parametrize(
-    "experiment", ["seed_comparison_cpu", "resolution_cpu", "operators_cpu", "targets_cpu"]
+    "experiment", ["seed_comparison_cpu", "resolution_cpu", "operators_cpu", "targets_cpu", "targets_long_cpu"]
 )
 def test_cpu_studies_run_two_jobs_at_a_time(experiment):
     cfg, _ = job_overrides(f"experiment={experiment}")
@@ -330,6 +331,23 @@ def test_targets_cpu_trains_the_quickstart_recipe_on_eight_emoji():
         # and nothing else differs from the quickstart
         own = [f"{k}={v}".replace(" ", "") for k, v in TARGETS_CPU_OWN.items()]
         assert cfg == compose_train(["experiment=quickstart", f"data.target={cfg.data.target}", *own])
+
+
+# What targets_long_cpu changes in targets_cpu: the shipped models' length and holes (pretrained_flower's).
+TARGETS_LONG_OWN = {"trainer.max_steps": 3000, "optim.milestones": [2000], "data.damage_radius": [0.1, 0.5]}
+
+
+@pytest.mark.slow
+def test_targets_long_cpu_is_targets_cpu_at_the_shipped_models_length():
+    """Job for job, targets_long_cpu is targets_cpu with pretrained_flower's length, schedule and holes."""
+    _, long_jobs = job_overrides("experiment=targets_long_cpu")
+    _, short_jobs = job_overrides("experiment=targets_cpu")
+    flower = settings(OmegaConf.load(CONF / "experiment" / "pretrained_flower.yaml"))
+    assert {k: flower[k] for k in TARGETS_LONG_OWN} == TARGETS_LONG_OWN
+    own = [f"{k}={v}".replace(" ", "") for k, v in TARGETS_LONG_OWN.items()]
+    assert len(long_jobs) == len(short_jobs) == 8
+    for long_job, short_job in zip(long_jobs, short_jobs, strict=True):
+        assert compose_train(long_job) == compose_train([*short_job, *own])
 
 
 DRY_LAUNCHER = '''
