@@ -292,7 +292,8 @@ def test_a_tiny_override_applies_to_every_job_of_the_comparison():
 
 
 @pytest.mark.parametrize(
-    "experiment", ["seed_comparison_cpu", "resolution_cpu", "operators_cpu", "targets_cpu", "targets_long_cpu"]
+    "experiment",
+    ["seed_comparison_cpu", "resolution_cpu", "operators_cpu", "targets_cpu", "targets_long_cpu"],
 )
 def test_cpu_studies_run_two_jobs_at_a_time(experiment):
     cfg, _ = job_overrides(f"experiment={experiment}")

@@ -520,11 +520,19 @@ def test_the_datamodule_puts_the_seed_on_the_pattern_by_default(tmp_path: Path) 
     from ncalab.evaluate import _target_and_horizon
 
     path = _ring(tmp_path / "ring.png")
-    dm = NCADataModule(target=str(path), target_size=20, padding=4, pool_size=2, batch_size=1, damage_share=0.0)
+    dm = NCADataModule(
+        target=str(path), target_size=20, padding=4, pool_size=2, batch_size=1, damage_share=0.0
+    )
     h, w = dm.target.shape[-2:]
     assert float(dm.target[3, h // 2, w // 2]) >= 0.5
     off = NCADataModule(
-        target=str(path), target_size=20, padding=4, pool_size=2, batch_size=1, damage_share=0.0, seed_on_pattern=False
+        target=str(path),
+        target_size=20,
+        padding=4,
+        pool_size=2,
+        batch_size=1,
+        damage_share=0.0,
+        seed_on_pattern=False,
     )
     assert float(off.target[3, h // 2, w // 2]) == 0.0
     config = {"data": {"target": str(path), "target_size": 20, "padding": 4}, "rollout": {"max_steps": 8}}

@@ -787,8 +787,14 @@ def write_strip(runs: list[RunRecord], output: Path, common: tuple[str, ...] = (
         with Image.open(run.final_png) as im:
             im = im.convert("RGB")
             half = (im.width - FINAL_GAP_PX) // 2
-            target, grown = im.crop((0, 0, half, im.height)), im.crop((im.width - half, 0, im.width, im.height))
-        label = " ".join(o.split("=", 1)[-1].replace("\\:", ":") for o in run.overrides if o not in common) or run.job
+            target, grown = (
+                im.crop((0, 0, half, im.height)),
+                im.crop((im.width - half, 0, im.width, im.height)),
+            )
+        label = (
+            " ".join(o.split("=", 1)[-1].replace("\\:", ":") for o in run.overrides if o not in common)
+            or run.job
+        )
         columns.append((target, grown, label))
     if not columns:
         raise ValueError("no run of the sweep has a final.png")

@@ -45,7 +45,10 @@ RULES: dict[str, Rule] = {
     "rollout.min_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "rollout.max_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "rollout.backprop_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
-    "data.target": (lambda v: isinstance(v, str) and v != "", "a built-in target name, emoji:<name or code point>, or an image path"),
+    "data.target": (
+        lambda v: isinstance(v, str) and v != "",
+        "a built-in target name, emoji:<name or code point>, or an image path",
+    ),
     "data.target_size": (lambda v: _is_int(v) and v >= 4, "an integer >= 4"),
     "data.padding": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "data.allow_upscale": (lambda v: isinstance(v, bool), "true or false"),
