@@ -366,7 +366,7 @@ def test_strip_puts_each_runs_target_above_its_grown_pattern(tmp_path, capsys):
     """--strip: one column per run with a final.png (target half above, grown half below), labelled with what sets
     the run apart; a sweep with no final.png writes nothing and says so."""
     root = tmp_path / "sweep"
-    colours = {"emoji\\:snail": (255, 0, 0), "emoji\\:lizard": (0, 0, 255)}
+    colours = {"emoji\\:snail": (255, 0, 0), "emoji\\:lizard": (0, 0, 255)}  # as Hydra stores them
     for job, (target, colour) in enumerate(colours.items()):
         write_job(root / str(job), [f"data.target={target}", "seed=0"], "finished", {"train_loss": 0.1})
         final = Image.new("RGB", (20 + 4 + 20, 20), (255, 255, 255))
@@ -387,3 +387,13 @@ def test_strip_puts_each_runs_target_above_its_grown_pattern(tmp_path, capsys):
     code, _, stderr = run_main(capsys, bare, "--strip", tmp_path / "none.png")
     assert code == 1 and "no run of the sweep has a final.png" in stderr
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_sweep_value_with_a_colon_reads_as_typed(tmp_path, capsys):
+    """Hydra stores `data.target=emoji:snail` of a sweep as `emoji\\:snail`; the tables show what the user typed."""
+    root = tmp_path / "sweep"
+    write_job(root / "0", ["data.target=emoji\\:snail", "seed=0"], "finished", {"train_loss": 0.1})
+    write_job(root / "1", ["data.target=emoji\\:lizard", "seed=0"], "finished", {"train_loss": 0.2})
+    code, stdout, _ = run_main(capsys, root, "--markdown")
+    assert code == 0
+    assert "`data.target=emoji:snail`" in stdout and "emoji\\:" not in stdout

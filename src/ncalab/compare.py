@@ -197,7 +197,10 @@ def read_run(job_dir: str | Path) -> RunRecord:
         overrides = status_file.get("overrides")
     if not isinstance(overrides, list):
         overrides = []
-    overrides = [str(o) for o in overrides if not _override_key(str(o)).startswith("hydra.")]
+    # As the user typed them: Hydra stores a sweep value's ':' escaped (data.target=emoji\:snail).
+    overrides = [
+        str(o).replace("\\:", ":") for o in overrides if not _override_key(str(o)).startswith("hydra.")
+    ]
 
     videos, other_videos = _pick_videos(job)
     curve = read_loss_curve(job, problems=problems)
@@ -791,10 +794,7 @@ def write_strip(runs: list[RunRecord], output: Path, common: tuple[str, ...] = (
                 im.crop((0, 0, half, im.height)),
                 im.crop((im.width - half, 0, im.width, im.height)),
             )
-        label = (
-            " ".join(o.split("=", 1)[-1].replace("\\:", ":") for o in run.overrides if o not in common)
-            or run.job
-        )
+        label = " ".join(o.split("=", 1)[-1] for o in run.overrides if o not in common) or run.job
         columns.append((target, grown, label))
     if not columns:
         raise ValueError("no run of the sweep has a final.png")
