@@ -30,13 +30,23 @@ def test_each_model_comes_from_its_experiment_config(name, tmp_path):
 
     shipped = json.loads((package_dir() / name / "model.json").read_text())["config"]
     for section, keys in {
-        "data": ("target", "target_size", "padding", "batch_size", "pool_size", "mode", "damage_share"),
+        "data": (
+            "target",
+            "target_size",
+            "padding",
+            "batch_size",
+            "pool_size",
+            "mode",
+            "damage_share",
+            "damage_radius",
+        ),
         "rollout": ("min_steps", "max_steps", "backprop_steps"),
         "model": ("channels", "hidden", "fire_rate", "alive_threshold", "update_bias"),
     }.items():
         for key in keys:
             assert shipped[section].get(key) == cfg[section][key], f"{name}: {section}.{key}"
     assert shipped["perception"]["name"] == cfg["perception"]["name"]
+    assert shipped["perception"].get("ops") == cfg["perception"].get("ops")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
