@@ -156,8 +156,7 @@ def search_emoji(query: str = "", limit: int | None = None) -> list[Emoji]:
     """Emoji whose name contains every word of ``query`` (all of them for an empty query), by name."""
     words = [w for w in _norm(query).split("_") if w]
     seen: dict[str, Emoji] = {}
-    for name in sorted(emoji_index()):
-        e = emoji_index()[name]
+    for name, e in sorted(emoji_index().items()):
         if all(w in name for w in words) and e.code not in seen:
             seen[e.code] = e
     found = sorted(seen.values(), key=lambda e: (len(e.name), e.name))
@@ -185,13 +184,14 @@ def resolve_emoji(spec: str) -> Emoji:
     found: Emoji | None = None
     looks_like_code = _CODE.match(text) is not None
     # A word like "bee" is hex too: a name wins unless the text has a digit or a U+.
-    if looks_like_code and (any(c.isdigit() for c in text) or text.lower().startswith("u+")):
+    code_first = looks_like_code and (any(c.isdigit() for c in text) or text.lower().startswith("u+"))
+    if code_first:
         found = _by_code(_hex(text))
     if found is None and not text.isascii():
         found = _by_code(_code_of(text))
     if found is None:
         found = emoji_index().get(_norm(text))
-    if found is None and looks_like_code:
+    if found is None and looks_like_code and not code_first:
         found = _by_code(_hex(text))
     if found is None:
         near = closest(text)
