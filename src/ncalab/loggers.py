@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,8 @@ class WandbLogger(LightningWandbLogger):
 
 # The key under which a checkpoint keeps the id of its run's W&B run (a resume continues that run).
 CHECKPOINT_WANDB_ID = "ncalab_wandb_id"
+# What ncalab accepts as a saved W&B run id (W&B's own ids are 8 lowercase letters and digits).
+WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def is_wandb(logger: Any) -> bool:
@@ -250,7 +253,17 @@ def resume_extras(node: Any, config: dict[str, Any], ckpt: dict[str, Any] | None
     # Not recursive: the config holds _target_ nodes that must reach W&B as plain values.
     extras: dict[str, Any] = {"run_config": config, "_recursive_": False, "_convert_": "all"}
     if ckpt and ckpt.get(CHECKPOINT_WANDB_ID) and not node.get("id"):
-        extras["id"] = ckpt[CHECKPOINT_WANDB_ID]
+        saved = ckpt[CHECKPOINT_WANDB_ID]
+        # Data, never a config value: an id that is not W&B's alphabet (an interpolation such as ${oc.env:...}, a
+        # path, a dict) is dropped rather than resolved or passed on.
+        if isinstance(saved, str) and WANDB_ID.fullmatch(saved):
+            extras["id"] = saved
+        else:
+            log.warning(
+                "the checkpoint's W&B run id %.80r is not a W&B id (letters, digits, - and _); "
+                "this run starts a new W&B run",
+                saved,
+            )
     return extras
 
 
