@@ -23,3 +23,32 @@ def test_a_checkpoints_wandb_id_is_data_and_one_that_is_not_a_wandb_id_is_droppe
         "is not a W&B id" in r.getMessage() and "new W&B run" in r.getMessage() for r in caplog.records
     )
     assert resume_extras(node, {"seed": 1}, {CHECKPOINT_WANDB_ID: "3xk9-a_Z"})["id"] == "3xk9-a_Z"
+
+
+@pytest.mark.slow
+def test_a_crafted_checkpoint_cannot_make_a_resume_delete_a_folder_outside_the_run(smoke_cfg, tmp_path, caplog):
+    # Lightning restores ModelCheckpoint's saved paths and removes the previous "last" on the next save; a path
+    # with `..` passed its inside-the-folder check, so resuming this checkpoint deleted `victim`.
+    import torch
+
+    from ncalab.train import run
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    out = tmp_path / "run"
+    run(smoke_cfg(out=out))
+    ckpt_path = out / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    key = next(k for k in ckpt["callbacks"] if k.startswith("ModelCheckpoint"))
+    escape = str(out / "checkpoints" / ".." / ".." / "victim")
+    state = ckpt["callbacks"][key]
+    state.update(last_model_path=escape, best_model_path=escape, kth_best_model_path=escape)
+    state["best_k_models"] = {escape: torch.tensor(0.0)}
+    torch.save(ckpt, ckpt_path)
+
+    with caplog.at_level("WARNING", logger="ncalab"):
+        run(smoke_cfg(f"ckpt_path={ckpt_path}", "trainer.max_steps=8", out=out))
+    assert (victim / "precious.txt").read_text() == "keep me"
+    assert any("names files outside" in r.getMessage() for r in caplog.records)
+    assert torch.load(ckpt_path, weights_only=False)["global_step"] == 8

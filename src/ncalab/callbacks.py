@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
@@ -37,6 +38,56 @@ from ncalab.media import (
 from ncalab.run_status import STOP, RunInterrupted
 
 log = logging.getLogger("ncalab")
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` that takes no file path from a checkpoint it resumes from unless the path
+    is a file directly inside this run's checkpoint folder (symbolic links and ``..`` resolved).
+
+    Lightning restores the paths it saved (``last_model_path``, ``best_k_models``, ...) and removes the previous
+    one on the next save; its inside-the-folder check keeps ``..``, so a crafted checkpoint could have a resume
+    delete any folder. A path that leaves the folder is dropped (one warning), and nothing outside the folder is
+    ever removed."""
+
+    _PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    @property
+    def state_key(self) -> str:
+        # Saved under ModelCheckpoint's key, so checkpoints written before this class resume the same way.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def _inside(self, path: object) -> bool:
+        if not isinstance(path, str) or not path or self.dirpath is None or "://" in path:
+            return False
+        try:
+            resolved = Path(path).resolve()
+            return resolved.parent == Path(self.dirpath).resolve() and resolved.suffix == ".ckpt"
+        except (OSError, RuntimeError, ValueError):
+            return False
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        dropped = [str(state[k]) for k in self._PATH_KEYS if state.get(k) and not self._inside(state[k])]
+        for key in self._PATH_KEYS:
+            if key in state and not self._inside(state[key]):
+                state[key] = ""
+        best = state.get("best_k_models")
+        if best is not None:
+            kept = {k: v for k, v in best.items() if self._inside(k)} if isinstance(best, dict) else {}
+            dropped += [str(k) for k in (best if isinstance(best, dict) else [best]) if k not in kept]
+            state["best_k_models"] = kept
+        state.setdefault("best_model_score", None)
+        state.setdefault("best_model_path", "")
+        if dropped:
+            log.warning(
+                "the checkpoint names files outside %s (%s); ignored",
+                self.dirpath,
+                ", ".join(sorted(set(dropped)))[:300],
+            )
+        super().load_state_dict(state)
+
+    def _should_remove_checkpoint(self, trainer: L.Trainer, previous: str, current: str) -> bool:
+        return self._inside(previous) and super()._should_remove_checkpoint(trainer, previous, current)
 
 
 class FinalCheckpoint(L.Callback):

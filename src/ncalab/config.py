@@ -86,7 +86,7 @@ RULES: dict[str, Rule] = {
     "guard.snapshot_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }
 
-# Checked when present (the checkpoint callback is Lightning's ModelCheckpoint, which compares before it checks).
+# Checked when present (the checkpoint callback is ncalab.callbacks.RunCheckpoint, Lightning's ModelCheckpoint, which compares before it checks).
 OPTIONAL_RULES: dict[str, Rule] = {
     "callbacks.checkpoint.every_n_train_steps": (
         lambda v: v is None or (_is_int(v) and v >= 0),
