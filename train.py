@@ -1,6 +1,7 @@
 """Train a Neural Cellular Automaton: python train.py [perception=<name>] [key=value ...] [-m for sweeps]."""
 
 import logging
+import os
 import sys
 
 import hydra
@@ -10,6 +11,7 @@ from omegaconf import DictConfig
 
 import ncalab.rundirs  # noqa: F401 - registers ${ncalab.fresh_dir:...} (conf/hydra/default.yaml) before Hydra reads it
 from ncalab.errors import NCALabError
+from ncalab.processes import LAUNCHER_PID_ENV
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -40,4 +42,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # A sweep's worker processes (hydra/launcher=joblib) end with this process, even when it is killed (SIGKILL).
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     main()

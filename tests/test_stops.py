@@ -158,3 +158,69 @@ def test_a_process_a_test_starts_dies_with_the_test_process(tmp_path, how):
         assert not Path(f"/proc/{child}").exists(), "the started process outlived the test process"
     finally:
         tester.kill()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_joblib_sweeps_workers_end_when_the_sweep_is_killed(tmp_path):
+    # They kept training and writing checkpoints into the run folders after a `kill -9` of the sweep.
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    workers: list[int] = []
+    proc = warm.start(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "experiment=smoke",
+            "trainer.max_steps=100000",
+            "callbacks.media.every_n_steps=2",
+            "logger=csv",
+            "seed=0,1",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        for job in ("0", "1"):
+            wait_for(sweep_dir / job / "media" / "pool_step000004.png", proc)
+        workers += [
+            p for p in _children(proc.pid) if "popen_loky" in (Path("/proc") / str(p) / "cmdline").read_text()
+        ]
+        assert len(workers) == 2, workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if _alive(p)], "sweep workers outlived the sweep"
+        written = sorted(sweep_dir.rglob("*"))
+        time.sleep(1.0)
+        assert sorted(sweep_dir.rglob("*")) == written  # nothing writes into the run folders any more
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in workers + _children(proc.pid):
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)

@@ -29,7 +29,7 @@ from ncalab.guard import DivergenceGuard
 from ncalab.lit_module import NCALitModule
 from ncalab.loggers import finish_wandb, resume_extras
 from ncalab.nca import NCA
-from ncalab.processes import parent_death_signal
+from ncalab.processes import LAUNCHER_PID_ENV, parent_death_signal
 from ncalab.run_status import STOP, RunInterrupted, RunStatus, interrupt_signal
 from ncalab.rundirs import pid_alive, run_dir_problem
 
@@ -207,6 +207,9 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
     out = Path(cfg.output_dir)
     parent = run_process()
     watch_parent(parent)  # a rank started as a new script ends with the process that started it
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+    if launcher.isdigit() and int(launcher) == os.getppid():
+        watch_parent(int(launcher))  # a sweep's worker process (joblib) ends with the sweep
     _guard_output_dir(out, cfg.ckpt_path)
     # Under SLURM / strategy=ddp every rank runs this function: only rank 0 keeps the books.
     status = RunStatus(out, _overrides(cfg), write=rank_zero_only.rank == 0)
