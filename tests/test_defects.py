@@ -26,7 +26,9 @@ def test_a_checkpoints_wandb_id_is_data_and_one_that_is_not_a_wandb_id_is_droppe
 
 
 @pytest.mark.slow
-def test_a_crafted_checkpoint_cannot_make_a_resume_delete_a_folder_outside_the_run(smoke_cfg, tmp_path, caplog):
+def test_a_crafted_checkpoint_cannot_make_a_resume_delete_a_folder_outside_the_run(
+    smoke_cfg, tmp_path, caplog
+):
     # Lightning restores ModelCheckpoint's saved paths and removes the previous "last" on the next save; a path
     # with `..` passed its inside-the-folder check, so resuming this checkpoint deleted `victim`.
     import torch
@@ -52,3 +54,55 @@ def test_a_crafted_checkpoint_cannot_make_a_resume_delete_a_folder_outside_the_r
     assert (victim / "precious.txt").read_text() == "keep me"
     assert any("names files outside" in r.getMessage() for r in caplog.records)
     assert torch.load(ckpt_path, weights_only=False)["global_step"] == 8
+
+
+# -- huge step counts: refused with one line, long measurements say how far they are ----------------------------
+
+
+def test_a_long_run_beyond_the_limit_is_refused_at_once(capsys):
+    from ncalab.demo import pretrained_dir
+    from ncalab.evaluate import MAX_STEPS, main
+
+    with pytest.raises(SystemExit) as stop:
+        main([str(pretrained_dir("flower")), "--long-run", "500,1000000000"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"more than the {MAX_STEPS:,} steps" in err and "Traceback" not in err
+
+
+def test_a_model_folder_with_a_huge_horizon_is_refused_with_one_line(tmp_path, capsys):
+    import json
+    import shutil
+
+    from ncalab.demo import pretrained_dir
+    from ncalab.evaluate import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(pretrained_dir("flower"), folder)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["config"]["rollout"]["max_steps"] = 10**9
+    (folder / "model.json").write_text(json.dumps(meta))
+    assert main([str(folder), "--output", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "rollout.max_steps=1000000000" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_long_run_says_how_far_it_is(monkeypatch, caplog):
+    import torch
+
+    from ncalab import evaluate
+    from ncalab.nca import NCA
+    from ncalab.perception import FixedPerception
+
+    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", 0.0)
+    nca = NCA(FixedPerception(16, "sobel3"), hidden=8)
+    x = torch.zeros(1, 16, 8, 8)
+    with caplog.at_level("INFO", logger="ncalab"):
+        result = evaluate.long_run(nca, x, torch.zeros(4, 8, 8), (700, 1200), horizon_loss=0.0)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("long run:")]
+    assert [m.split(" (")[0] for m in said] == [
+        "long run: step 500 of 1200",
+        "long run: step 700 of 1200",
+        "long run: step 1200 of 1200",
+    ]
+    assert result["loss"] == {"700": 0.0, "1200": 0.0}

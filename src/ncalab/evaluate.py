@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,13 @@ __all__ = [
 ]
 
 LONG_RUN_STEPS = (500, 1000, 2000)
+# The most steps one measurement runs (a long-run mark, a horizon, grow/regrow steps): about 20 minutes of a 24 px
+# model on one CPU core. A longer count is refused with one line instead of running silently for hours.
+MAX_STEPS = 1_000_000
+# A long run says how far it is every PROGRESS_EVERY_S seconds (INFO on the "ncalab" logger).
+PROGRESS_EVERY_S = 10.0
+_PROGRESS_CHUNK = 500
+log = logging.getLogger("ncalab")
 # Persistence: the pattern holds at a check while its loss is at most HOLD_FACTOR x the loss at the horizon.
 HOLD_FACTOR = 2.0
 # Regeneration: a cut is recovered once the loss is back within RECOVERY_FACTOR x the reference loss: the
@@ -100,6 +109,8 @@ def parse_steps(text: str | Iterable[int]) -> tuple[int, ...]:
             raise ValueError(f"{item!r} is not a whole number of steps")
         if value < 1:
             raise ValueError(f"{value} is not a positive number of steps")
+        if value > MAX_STEPS:
+            raise ValueError(f"{value} is more than the {MAX_STEPS:,} steps a measurement may run")
         steps.append(value)
     if not steps:
         raise ValueError("no steps given (expected e.g. 500,1000,2000)")
@@ -144,11 +155,18 @@ def long_run(
     checks: list[tuple[int, float | None]] = []
     non_finite = False
     x, done = x0, 0
+    started = last_said = time.monotonic()
     with torch.random.fork_rng(devices=[x0.device] if x0.device.type == "cuda" else []):
         torch.manual_seed(seed)
         for mark in marks:
-            x = nca.rollout(x, mark - done)
-            done = mark
+            while done < mark:  # in chunks, to say how far it is (the same steps as one rollout)
+                n = min(mark - done, _PROGRESS_CHUNK)
+                x = nca.rollout(x, n)
+                done += n
+                now = time.monotonic()
+                if now - last_said >= PROGRESS_EVERY_S:
+                    log.info("long run: step %d of %d (%.0f s)", done, marks[-1], now - started)
+                    last_said = now
             finite = bool(torch.isfinite(x).all())
             non_finite = non_finite or not finite
             loss = _finite(float(per_sample_loss(x, target).mean()))
@@ -351,11 +369,16 @@ def _target_and_horizon(config: dict[str, Any], path: str | Path) -> tuple[torch
         # Runs from before data.seed_on_pattern trained on the image centred as it was.
         on_seed = bool(data.get("seed_on_pattern", False))
         horizon = int(config["rollout"]["max_steps"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise EvaluationError(
             f"{str(path)!r}: the saved run config lacks data.target/target_size/padding or rollout.max_steps "
             f"({type(exc).__name__}: {exc})"
         ) from exc
+    if not 1 <= horizon <= MAX_STEPS:
+        raise EvaluationError(
+            f"{str(path)!r}: the saved rollout.max_steps={horizon} is outside 1..{MAX_STEPS:,} "
+            "(the steps a measurement may run)"
+        )
     return load_target(target, size, padding, upscale, on_seed), horizon
 
 
@@ -447,7 +470,7 @@ def _steps_arg(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def _count_arg(minimum: int):
+def _count_arg(minimum: int, maximum: int = MAX_STEPS):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -455,16 +478,19 @@ def _count_arg(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is more than the limit of {maximum:,}")
         return value
 
     return parse
 
 
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+MAX_ROLLOUTS = 1024  # rollouts run as one batch
 
 
 def _seed_arg(text: str) -> int:
-    value = _count_arg(0)(text)
+    value = _count_arg(0, maximum=2**64)(text)
     if value > MAX_SEED:
         raise argparse.ArgumentTypeError(f"{value} is above {MAX_SEED}")
     return value
@@ -490,7 +516,10 @@ def main(argv: list[str] | None = None) -> int:
         "path", help="a .ckpt written by ncalab, or an exported model folder (model.json + model.bin)"
     )
     parser.add_argument(
-        "--rollouts", type=_count_arg(1), default=4, help="stochastic rollouts averaged for psnr/ssim/loss"
+        "--rollouts",
+        type=_count_arg(1, MAX_ROLLOUTS),
+        default=4,
+        help="stochastic rollouts averaged for psnr/ssim/loss",
     )
     parser.add_argument("--seed", type=_seed_arg, default=0, help="seeds the stochastic updates (>= 0)")
     parser.add_argument(
@@ -512,6 +541,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the JSON (default: <checkpoint stem>.eval.json beside it, <folder>/evaluation.json)",
     )
     args = parser.parse_args(argv)
+    if not log.handlers:  # progress of long measurements, and warnings, as one line each on stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("ncalab.evaluate: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     out = Path(args.output).expanduser() if args.output else default_output(args.path)
     problem = output_problem(out)
     if problem:  # before the evaluation, which can take minutes
