@@ -106,3 +106,79 @@ def test_a_long_run_says_how_far_it_is(monkeypatch, caplog):
         "long run: step 1200 of 1200",
     ]
     assert result["loss"] == {"700": 0.0, "1200": 0.0}
+
+
+# -- python -m ncalab.pretrained: everything checked before anything shipped is replaced --------------------------
+
+
+@pytest.fixture
+def shipped_and_run(smoke_cfg, tmp_path):
+    """A trained smoke run, and a shipped model folder (a copy of the flower) to replace."""
+    import shutil
+
+    from ncalab.demo import pretrained_dir
+    from ncalab.train import run
+
+    run(smoke_cfg(out=tmp_path / "run"))
+    shipped = tmp_path / "shipped"
+    shutil.copytree(pretrained_dir("flower"), shipped)
+    before = {p.name: p.read_bytes() for p in shipped.iterdir()}
+    return tmp_path / "run", shipped, before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", [["--rollouts", "0"], ["--rollouts", "-3"], ["--long-run", "0"], ["fail"]])
+def test_shipping_with_a_bad_argument_or_a_failed_evaluation_leaves_the_shipped_model_as_it_was(
+    shipped_and_run, bad, capsys, monkeypatch
+):
+    from ncalab.errors import NCALabError
+    from ncalab.pretrained.__main__ import main
+
+    run_dir, shipped, before = shipped_and_run
+    if bad == ["fail"]:
+
+        def broken(*args, **kwargs):
+            raise NCALabError("the evaluation failed")
+
+        monkeypatch.setattr("ncalab.evaluate.evaluate_model", broken)
+        bad = []
+    try:
+        code = main([str(run_dir), "smoke", "--dest", str(shipped), *bad])
+    except SystemExit as stop:  # argparse
+        code = stop.code
+    assert code == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in shipped.iterdir()} == before
+    assert sorted(p.name for p in shipped.parent.iterdir()) == ["run", "shipped"]  # no staging folder left
+
+
+@pytest.mark.slow
+def test_shipping_to_a_file_or_under_a_bad_name_writes_nothing(shipped_and_run, tmp_path, capsys):
+    from ncalab.pretrained.__main__ import main, package_dir
+
+    run_dir, _, _ = shipped_and_run
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    assert main([str(run_dir), "smoke", "--dest", str(a_file)]) == 2
+    assert a_file.read_text() == "mine"
+    assert "is not a folder" in capsys.readouterr().err
+    for name in ("../escaped", str(tmp_path / "absolute"), "a/b", ".hidden", ""):
+        assert main([str(run_dir), name]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "model name" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "absolute").exists() and not (package_dir().parent / "escaped").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "run", "shipped"]
+
+
+@pytest.mark.slow
+def test_shipping_replaces_the_model_files_and_drops_the_old_ones(shipped_and_run):
+    from ncalab.pretrained.__main__ import main
+
+    run_dir, shipped, before = shipped_and_run
+    (shipped / "target.png").unlink()
+    assert (
+        main([str(run_dir), "smoke", "--dest", str(shipped), "--long-run", "16,32", "--rollouts", "1"]) == 0
+    )
+    after = {p.name: p.read_bytes() for p in shipped.iterdir()}
+    assert set(after) == set(before)
+    assert after["model.bin"] != before["model.bin"] and b"smoke" in after["MODEL_CARD.md"]

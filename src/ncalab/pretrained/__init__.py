@@ -14,4 +14,8 @@ from importlib import resources
 def names() -> list[str]:
     """The shipped models (folders with a ``model.json``)."""
     root = resources.files(__name__)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "model.json").is_file())
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / "model.json").is_file()
+    )

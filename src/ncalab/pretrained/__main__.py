@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -141,6 +143,19 @@ def write_card(name: str, folder: Path, evaluation: dict[str, Any], summary: dic
     return path
 
 
+# A model's name is its folder in src/ncalab/pretrained/ and its entry in the demo's picker.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise NCALabError(
+            f"model name {name!r}: expected letters, digits, '_' and '-' (at most 64, not starting with '_' "
+            "or '-'): it names a folder in src/ncalab/pretrained/"
+        )
+    return name
+
+
 def ship(
     source: str | Path,
     name: str,
@@ -149,24 +164,47 @@ def ship(
     rollouts: int = 4,
 ) -> dict[str, Any]:
     """Export, evaluate and card the model of ``source`` as pretrained ``name`` (in ``dest``, default the
-    package's own folder). Returns the evaluation."""
-    from ncalab.demo import export_checkpoint
-    from ncalab.evaluate import evaluate_model
+    package's own folder). Returns the evaluation.
 
+    Everything is checked, exported, evaluated and written in a new folder beside the destination first; only
+    then do its files replace the destination's, so a bad argument or a failed evaluation leaves a shipped model
+    as it was."""
+    from ncalab.demo import export_checkpoint
+    from ncalab.evaluate import evaluate_model, parse_steps
+
+    check_name(name)
+    try:
+        long_run_steps = parse_steps(long_run_steps)
+    except ValueError as exc:
+        raise NCALabError(f"long-run steps: {exc}") from None
+    if isinstance(rollouts, bool) or not isinstance(rollouts, int) or not 1 <= rollouts <= 1024:
+        raise NCALabError(f"rollouts={rollouts!r}: expected a whole number from 1 to 1024")
     ckpt, run = _checkpoint_and_run(Path(source).expanduser())
-    folder = Path(dest) if dest is not None else package_dir() / name
-    with tempfile.TemporaryDirectory() as tmp:
-        export_checkpoint(ckpt, tmp, name=name)
-        folder.mkdir(parents=True, exist_ok=True)
-        for file in SHIPPED_FILES:
-            if (Path(tmp) / file).is_file():
-                shutil.copyfile(Path(tmp) / file, folder / file)
-    evaluation = evaluate_model(folder, rollouts=rollouts, long_run_steps=long_run_steps)
-    (folder / run_folder.EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
-    summary = {}
-    if run is not None and (run / run_folder.SUMMARY_FILE).is_file():
-        summary = json.loads((run / run_folder.SUMMARY_FILE).read_text())
-    write_card(name, folder, evaluation, summary)
+    folder = Path(dest).expanduser() if dest is not None else package_dir() / name
+    if folder.exists() and not folder.is_dir():
+        raise NCALabError(f"destination {str(folder)!r} exists and is not a folder")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as exc:
+        raise NCALabError(f"cannot write beside {str(folder)!r} ({exc.strerror or exc})") from None
+    try:
+        export_checkpoint(ckpt, staging, name=name)
+        evaluation = evaluate_model(staging, rollouts=rollouts, long_run_steps=long_run_steps)
+        (staging / run_folder.EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
+        summary = {}
+        if run is not None and (run / run_folder.SUMMARY_FILE).is_file():
+            summary = json.loads((run / run_folder.SUMMARY_FILE).read_text())
+        write_card(name, staging, evaluation, summary)
+        folder.mkdir(exist_ok=True)
+        shipped = (*SHIPPED_FILES, run_folder.EVALUATION_FILE, CARD)
+        for file in shipped:
+            if (staging / file).is_file():
+                os.replace(staging / file, folder / file)
+            elif (folder / file).is_file():
+                (folder / file).unlink()  # a file of the model this one replaces
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return evaluation
 
 
