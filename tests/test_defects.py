@@ -182,3 +182,50 @@ def test_shipping_replaces_the_model_files_and_drops_the_old_ones(shipped_and_ru
     after = {p.name: p.read_bytes() for p in shipped.iterdir()}
     assert set(after) == set(before)
     assert after["model.bin"] != before["model.bin"] and b"smoke" in after["MODEL_CARD.md"]
+
+
+# -- W&B's init timeout: a number of seconds > 0, from the config or the environment -----------------------------
+
+
+@pytest.mark.parametrize(
+    "override, env, named",
+    [
+        ("logger.wandb.init_timeout=-1", None, "logger.wandb.init_timeout=-1"),
+        ("logger.wandb.init_timeout=0", None, "logger.wandb.init_timeout=0"),
+        ("logger.wandb.init_timeout=abc", None, "logger.wandb.init_timeout='abc'"),
+        (None, "abc", "WANDB_INIT_TIMEOUT='abc'"),
+        (None, "-5", "WANDB_INIT_TIMEOUT='-5'"),
+    ],
+)
+def test_a_wandb_init_timeout_that_is_not_seconds_above_zero_is_refused_naming_it(
+    smoke_cfg, monkeypatch, tmp_path, override, env, named
+):
+    import json
+
+    from ncalab.errors import ConfigError
+    from ncalab.train import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    if env is None:
+        monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_INIT_TIMEOUT", env)
+    with pytest.raises(ConfigError, match=f"{named.replace('.', '[.]')} is not a number of seconds > 0"):
+        run(smoke_cfg("logger=wandb", *([override] if override else [])))
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_wandb_init_timeout_from_the_environment_wins():
+    import os
+
+    from ncalab.loggers import init_timeout_seconds
+
+    old = os.environ.pop("WANDB_INIT_TIMEOUT", None)
+    try:
+        assert init_timeout_seconds(30) == 30.0
+        os.environ["WANDB_INIT_TIMEOUT"] = "2.5"
+        assert init_timeout_seconds(30) == 2.5
+    finally:
+        os.environ.pop("WANDB_INIT_TIMEOUT", None)
+        if old is not None:
+            os.environ["WANDB_INIT_TIMEOUT"] = old

@@ -6,6 +6,7 @@ loggers (:func:`wandb_run_id`, :func:`wandb_run`); and a resumed checkpoint cont
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -117,6 +118,26 @@ def run_name(overrides_name: str | None, perception: dict[str, Any] | None) -> s
     return f"{overrides_name},{given}" if overrides_name else f"perception={name},{given}"
 
 
+def init_timeout_seconds(init_timeout: Any) -> float:
+    """The seconds ``wandb.init`` may wait for the server: ``$WANDB_INIT_TIMEOUT`` when set, else
+    ``init_timeout``; a finite number > 0, or ``ValueError`` naming where the bad value came from (wandb reads the
+    variable itself, in every mode, and fails with a traceback on one it cannot read; with 0 or less it waits
+    forever)."""
+    env = os.environ.get("WANDB_INIT_TIMEOUT", "").strip()
+    where, value = (
+        ("the environment variable WANDB_INIT_TIMEOUT", env)
+        if env
+        else ("logger.wandb.init_timeout", init_timeout)
+    )
+    try:
+        seconds = float("nan") if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{where}={value!r} is not a number of seconds > 0 (e.g. 30)")
+    return seconds
+
+
 def wandb_logger(
     project: str = "ncalab",
     save_dir: str = ".",
@@ -144,6 +165,7 @@ def wandb_logger(
     """
     global _told_offline
     _clear_empty_wandb_mode()
+    timeout = init_timeout_seconds(init_timeout)
     auto = mode == "auto" and not os.environ.get("WANDB_MODE", "").strip()
     mode = resolve_mode(mode)
     sweep_group, overrides_name, overrides = _hydra_run_info()
@@ -162,7 +184,6 @@ def wandb_logger(
     if auto and mode == "online":
         import wandb
 
-        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or init_timeout)
         # quiet: wandb then skips looking up the account name to print it, which waits on the network too.
         extra["settings"] = wandb.Settings(init_timeout=timeout, quiet=True)
     return WandbLogger(
