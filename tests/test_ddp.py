@@ -355,6 +355,9 @@ def test_a_signal_to_the_run_process_alone_stops_every_process_with_a_checkpoint
         assert returncode is not None, f"still running 60 s after {sig.name}: {parent.read('stderr')[-3000:]}"
         assert returncode == code, parent.read("stderr")[-3000:]
         assert not [pid for pid in workers if _running(pid)]
+        stderr = parent.read("stderr")
+        # A clean stop: one line that says so, not a traceback from each process.
+        assert "Traceback" not in stderr and f"interrupted by {sig.name}" in stderr, stderr[-3000:]
     finally:
         if parent.poll() is None:
             parent.kill()

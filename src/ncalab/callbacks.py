@@ -150,6 +150,11 @@ class FinalCheckpoint(L.Callback):
         log.warning(
             "%s: saved %s at step %d; stopping", signal.Signals(signum).name, self.path, trainer.global_step
         )
+        if os.getpid() != self._home:
+            # A process ddp_spawn started: the run's process reports the stop in one line (it reads the step
+            # from the shared record); this one ends quietly with the same exit status, not with a traceback
+            # (multiprocessing prints one for any exception that is not a SystemExit).
+            raise SystemExit(128 + signum)
         raise RunInterrupted(signum, trainer.global_step, self.path)
 
     def on_exception(
