@@ -10,7 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import ncalab.rundirs  # noqa: F401 - registers ${ncalab.fresh_dir:...} (conf/hydra/default.yaml) before Hydra reads it
-from ncalab.errors import NCALabError
+from ncalab.errors import NCALabError, SweepJobFailed
 from ncalab.processes import LAUNCHER_PID_ENV
 
 
@@ -36,7 +36,8 @@ def main(cfg: DictConfig) -> float:
         logging.getLogger("ncalab").error("%s", exc)
         print(f"ncalab: error: {exc}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra records the failed job and goes on with the others
+            # Hydra records the failed job, goes on with the others, then prints this (one line, no traceback).
+            raise SweepJobFailed(f"ncalab: error: {exc}") from None
         sys.exit(2)
     return summary["objective"]
 

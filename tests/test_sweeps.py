@@ -131,7 +131,10 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
         "data.target=/no/such/file.png,flower",
         f"hydra.sweep.dir={sweep_dir}",
     )
-    assert result.returncode != 0  # the sweep reports the failure ...
+    assert result.returncode != 0  # the sweep reports the failure (one line, no traceback) ...
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ncalab: error: data.target=")]
+    assert errors and all("/no/such/file.png" in line for line in errors), result.stderr[-3000:]
     assert status(sweep_dir / "0")["status"] == "failed"
     assert "/no/such/file.png" in status(sweep_dir / "0")["error"]
     assert status(sweep_dir / "1")["status"] == "finished"  # ... after running the other job

@@ -1,5 +1,7 @@
 """Errors that carry a message meant for the user: what is wrong, where, and what would be accepted."""
 
+from hydra.errors import CompactHydraException
+
 
 class NCALabError(Exception):
     """Base class; ``train.py`` prints these as one line instead of a traceback."""
@@ -15,3 +17,12 @@ class TargetError(NCALabError, ValueError):
 
 class CheckpointError(NCALabError, ValueError):
     """A checkpoint that cannot be read or does not match the run."""
+
+
+class RunError(NCALabError):
+    """The run could not go on: a full disk, a folder it may not write. What was saved stays."""
+
+
+class SweepJobFailed(NCALabError, CompactHydraException):
+    """A sweep job's one-line error, raised again for Hydra after the sweep has run its other jobs: Hydra prints
+    a ``CompactHydraException`` as its message alone (with the job's overrides), not as a traceback."""
