@@ -229,3 +229,53 @@ def test_a_wandb_init_timeout_from_the_environment_wins():
         os.environ.pop("WANDB_INIT_TIMEOUT", None)
         if old is not None:
             os.environ["WANDB_INIT_TIMEOUT"] = old
+
+
+# -- a full disk: one line that says which file and where the last checkpoint is --------------------------------
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_with_one_line_naming_the_file_and_the_last_checkpoint(
+    smoke_cfg, tmp_path, monkeypatch
+):
+    import errno
+    import json
+
+    from ncalab.checkpoint import AtomicCheckpointIO
+    from ncalab.errors import RunError
+    from ncalab.train import run
+
+    real_save = AtomicCheckpointIO.save_checkpoint
+    saves = []
+
+    def save(self, checkpoint, path, storage_options=None):
+        saves.append(path)
+        if len(saves) > 1:  # the first save (step 2) lands, the next finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save)
+    out = tmp_path / "run"
+    with pytest.raises(RunError) as caught:
+        run(smoke_cfg(out=out))
+    message = str(caught.value)
+    assert "No space left on device" in message and "\n" not in message
+    assert f"the last checkpoint saved is {out / 'checkpoints' / 'last.ckpt'}" in message
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "failed" and "No space left on device" in status["error"]
+
+
+def test_a_status_file_that_cannot_be_written_at_the_end_is_said_and_does_not_hide_the_error(
+    tmp_path, monkeypatch, caplog
+):
+    from ncalab.run_status import RunStatus
+
+    status = RunStatus(tmp_path, heartbeat_s=0)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RunStatus, "_write_unlocked", full)
+    with caplog.at_level("WARNING", logger="ncalab"):
+        status.failed(ValueError("the run's own error"))
+    assert any("could not record 'failed'" in r.getMessage() for r in caplog.records)

@@ -77,7 +77,12 @@ class RunStatus:
         self._stop.set()
         with self._lock:
             self.state.update(ended=_now(), heartbeat=_now(), **state)
-            self._write_unlocked()
+            try:
+                self._write_unlocked()
+            except OSError as exc:  # a full disk: the run's own error says more than this one
+                log.warning(
+                    "could not record %r in %s (%s)", state.get("status"), self.path, exc.strerror or exc
+                )
         if self._beat is not None and self._beat is not threading.current_thread():
             self._beat.join(timeout=5)
 

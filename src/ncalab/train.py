@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from ncalab.allocator import keep_heap
 from ncalab.callbacks import FinalCheckpoint, ResumeOptim
 from ncalab.checkpoint import AtomicCheckpointIO, check_compatible, check_weights, read_checkpoint
 from ncalab.config import validate
-from ncalab.errors import ConfigError, NCALabError
+from ncalab.errors import ConfigError, NCALabError, RunError
 from ncalab.guard import DivergenceGuard
 from ncalab.lit_module import NCALitModule
 from ncalab.loggers import finish_wandb, resume_extras
@@ -212,7 +213,12 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
         watch_parent(int(launcher))  # a sweep's worker process (joblib) ends with the sweep
     _guard_output_dir(out, cfg.ckpt_path)
     # Under SLURM / strategy=ddp every rank runs this function: only rank 0 keeps the books.
-    status = RunStatus(out, _overrides(cfg), write=rank_zero_only.rank == 0)
+    try:
+        status = RunStatus(out, _overrides(cfg), write=rank_zero_only.rank == 0)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise RunError(f"cannot write into the run directory {out}: {exc.strerror}") from None
     # SIGINT (Ctrl+C) and SIGTERM (SLURM before a time limit): save last.ckpt, record "interrupted", exit 128+N.
     STOP.reset()
     installed = STOP.install()
@@ -235,6 +241,11 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
             status.failed(interrupted)
             finish_wandb(failed=True)
             raise interrupted from exc
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            error = _write_error(exc, out)
+            status.failed(error)
+            finish_wandb(failed=True)
+            raise error from exc
         status.failed(exc)
         finish_wandb(failed=True)
         raise
@@ -250,6 +261,25 @@ def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dic
     status.finished()
     finish_wandb(failed=False)
     return summary
+
+
+# A write that failed for a reason outside the program (a full disk, a quota, a read-only or lost filesystem, no
+# permission): the run stops with one line that says which file and where the last checkpoint is.
+WRITE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG", "EIO", "EACCES", "EPERM")
+    if hasattr(errno, name)
+)
+
+
+def _write_error(exc: OSError, out: Path) -> RunError:
+    last = run_folder.last_checkpoint(out)
+    saved = (
+        f"; the last checkpoint saved is {last} (resume with ckpt_path={last} once it can write)"
+        if last.is_file()
+        else "; no checkpoint was saved"
+    )
+    return RunError(f"cannot write {exc.filename or out}: {exc.strerror or exc}{saved}")
 
 
 def _overrides(cfg: DictConfig) -> list[str]:
