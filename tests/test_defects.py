@@ -279,3 +279,50 @@ def test_a_status_file_that_cannot_be_written_at_the_end_is_said_and_does_not_hi
     with caplog.at_level("WARNING", logger="ncalab"):
         status.failed(ValueError("the run's own error"))
     assert any("could not record 'failed'" in r.getMessage() for r in caplog.records)
+
+
+# -- the demo server: a NUL in a path is a bad request, an idle connection is closed ------------------------------
+
+
+@pytest.fixture
+def demo_server(tmp_path, monkeypatch):
+    import threading
+
+    from ncalab import demo
+
+    monkeypatch.setattr(demo, "IDLE_TIMEOUT_S", 0.5)
+    (tmp_path / "index.html").write_text("<p>hello</p>")
+    server = demo.make_server(tmp_path, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[:2]
+    server.shutdown()
+    server.server_close()
+
+
+def _ask(address, request: bytes, wait: float = 5.0) -> bytes:
+    import socket
+
+    with socket.create_connection(address, timeout=wait) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_the_demo_server_answers_a_nul_in_a_path_with_400_and_no_traceback(demo_server, capfd):
+    answer = _ask(demo_server, b"GET /index.html%00.txt HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 400"), answer[:200]
+    assert _ask(demo_server, b"GET /index.html HTTP/1.0\r\n\r\n").endswith(b"<p>hello</p>")
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_demo_server_closes_a_connection_that_sends_nothing(demo_server):
+    import socket
+    import time
+
+    with socket.create_connection(demo_server, timeout=10) as sock:
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server, not by our timeout
+        assert time.monotonic() - started < 5

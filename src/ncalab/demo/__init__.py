@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import base64
 import functools
+import http
 import http.server
 import json
 import re
 import shutil
 import sys
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -428,6 +430,10 @@ def export_pretrained(
     return export_models(folder, {name: pretrained_dir(name) for name in chosen}, default, force=force)
 
 
+# A connection that sends nothing for this long is closed (each open connection holds a thread).
+IDLE_TIMEOUT_S = 30.0
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
     # Model cards (the page links them) shown as text rather than downloaded.
     extensions_map = {
@@ -435,6 +441,26 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         ".js": "text/javascript",
         ".md": "text/plain; charset=utf-8",
     }
+
+    def setup(self) -> None:
+        self.timeout = IDLE_TIMEOUT_S  # read at setup: the socket's timeout (the base class closes on it)
+        super().setup()
+
+    def send_head(self):
+        # A path the file system cannot take (a NUL byte, from %00) is a bad request, not a traceback.
+        if "\x00" in urllib.parse.unquote(self.path):
+            self.send_error(http.HTTPStatus.BAD_REQUEST, "bad path")
+            return None
+        return super().send_head()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # One line for a request that failed (a client gone mid-answer, ...), not a traceback per request.
+        exc = sys.exc_info()[1]
+        log(f"demo server: request from {client_address[0]} failed: {type(exc).__name__}: {exc}")
 
 
 class _QuietHandler(_Handler):
@@ -445,7 +471,7 @@ class _QuietHandler(_Handler):
 def make_server(folder: str | Path, port: int = 8000, host: str = "127.0.0.1", quiet: bool = True):
     """An HTTP server for ``folder`` on ``host:port`` (port 0 picks a free one); call ``serve_forever()``."""
     handler = functools.partial(_QuietHandler if quiet else _Handler, directory=str(folder))
-    return http.server.ThreadingHTTPServer((host, port), handler)  # a thread per request, daemon threads
+    return _Server((host, port), handler)  # a thread per connection, daemon threads
 
 
 def url_of(server) -> str:
