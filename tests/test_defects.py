@@ -326,3 +326,22 @@ def test_the_demo_server_closes_a_connection_that_sends_nothing(demo_server):
         started = time.monotonic()
         assert sock.recv(1024) == b""  # closed by the server, not by our timeout
         assert time.monotonic() - started < 5
+
+
+# -- a model.json nested too deep: one line, as any other broken model.json ------------------------------------
+
+
+def test_a_deeply_nested_model_json_is_refused_with_one_line(tmp_path, capsys):
+    import shutil
+
+    from ncalab.demo import ExportError, export_models, pretrained_dir
+    from ncalab.evaluate import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(pretrained_dir("flower"), folder)
+    (folder / "model.json").write_text("[" * 200_000 + "]" * 200_000)
+    assert main([str(folder), "--output", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.json is not readable JSON (RecursionError" in err and len(err.splitlines()) == 1, err
+    with pytest.raises(ExportError, match="is not an exported model folder"):
+        export_models(tmp_path / "site", {"deep": folder})

@@ -335,7 +335,7 @@ def _read_json(path: Path, problems: list[str] | None = None) -> Any:
         return None
     try:
         return json.loads(text)  # accepts NaN / Infinity as Python writes them
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         if problems is not None:  # cut short by a killed run, or damaged
             problems.append(f"{path.name} is not valid JSON")
         return None

@@ -93,7 +93,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
         raise _fail(folder, "no model.json in it")
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise _fail(
             folder, f"model.json is not readable JSON ({type(exc).__name__}: {str(exc)[:200]})"
         ) from exc

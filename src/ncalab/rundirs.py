@@ -113,7 +113,7 @@ def gone_reason(state: dict[str, Any], now: datetime | None = None, stale_s: flo
 def read_status(run_dir: Path) -> dict[str, Any] | None:
     try:
         state = json.loads((run_dir / run_folder.STATUS_FILE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return state if isinstance(state, dict) else None
 

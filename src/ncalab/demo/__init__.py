@@ -189,7 +189,7 @@ def written_by_export(folder: Path) -> bool:
     for name, fmt in (("models.json", INDEX_FORMAT), ("model.json", FORMAT)):
         try:
             meta = json.loads((folder / name).read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         if isinstance(meta, dict) and meta.get("format") == fmt:
             return True
@@ -358,7 +358,7 @@ def _read_model_folder(name: str, source: Path) -> tuple[str, bytes]:
         text = (source / "model.json").read_text()
         meta = json.loads(text)
         blob = (source / "model.bin").read_bytes()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ExportError(f"model {name!r}: {str(source)!r} is not an exported model folder ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("weights", "model.bin") != "model.bin":
         raise ExportError(f"model {name!r}: {str(source / 'model.json')!r} does not describe model.bin")
