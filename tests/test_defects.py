@@ -345,3 +345,95 @@ def test_a_deeply_nested_model_json_is_refused_with_one_line(tmp_path, capsys):
     assert "model.json is not readable JSON (RecursionError" in err and len(err.splitlines()) == 1, err
     with pytest.raises(ExportError, match="is not an exported model folder"):
         export_models(tmp_path / "site", {"deep": folder})
+
+
+# -- crafted training state in a checkpoint: one line before training, not an error (or NaN) at the first step ----
+
+
+def _first_param_state(ckpt):
+    return ckpt["optimizer_states"][0]["state"][0]
+
+
+def _set(ckpt, path, value):
+    node = ckpt
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+
+
+CRAFTED = {
+    "pool is a list": lambda c: _set(c, ("NCADataModule", "pool"), [1, 2]),
+    "pool holds NaN": lambda c: c["NCADataModule"]["pool"].fill_(float("nan")),
+    "pool is float64": lambda c: _set(c, ("NCADataModule", "pool"), c["NCADataModule"]["pool"].double()),
+    "generator state cut": lambda c: _set(
+        c, ("NCADataModule", "generators"), c["NCADataModule"]["generators"][:, :9]
+    ),
+    "moment of another shape": lambda c: _set(
+        c, ("optimizer_states", 0, "state", 0, "exp_avg"), __import__("torch").zeros(3)
+    ),
+    "moment holds inf": lambda c: _first_param_state(c)["exp_avg_sq"].fill_(float("inf")),
+    "lr is NaN": lambda c: _set(c, ("optimizer_states", 0, "param_groups", 0, "lr"), float("nan")),
+    "lr is text": lambda c: _set(c, ("optimizer_states", 0, "param_groups", 0, "lr"), "abc"),
+    "two optimisers": lambda c: c["optimizer_states"].append(c["optimizer_states"][0]),
+    "no param groups": lambda c: _set(c, ("optimizer_states", 0, "param_groups"), []),
+    "gamma is NaN": lambda c: _set(c, ("lr_schedulers", 0, "gamma"), float("nan")),
+    "milestones are text": lambda c: _set(c, ("lr_schedulers", 0, "milestones"), {"x": 1}),
+    "firing generator cut": lambda c: _set(c, ("ncalab_step_generator",), c["ncalab_step_generator"][:7]),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    from conftest import make_cfg
+
+    from ncalab.train import run
+
+    out = tmp_path_factory.mktemp("crafted") / "run"
+    run(make_cfg(out, "experiment=smoke", "logger=csv", "callbacks.media=null"))
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("craft", list(CRAFTED))
+def test_crafted_training_state_in_a_checkpoint_is_refused_with_one_line(
+    trained_checkpoint, smoke_cfg, tmp_path, craft
+):
+    import json
+
+    import torch
+
+    from ncalab.errors import CheckpointError
+    from ncalab.train import run
+
+    ckpt = torch.load(trained_checkpoint, weights_only=True)
+    CRAFTED[craft](ckpt)
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(ckpt, crafted)
+    out = tmp_path / "resumed"
+    with pytest.raises(CheckpointError) as caught:
+        run(smoke_cfg(f"ckpt_path={crafted}", "trainer.max_steps=6", out=out))
+    assert "\n" not in str(caught.value) and ("altered or is damaged" in str(caught.value)), caught.value
+    assert json.loads((out / "status.json").read_text())["status"] == "failed"
+    assert not (out / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_its_pool_resumes_with_a_fresh_pool_and_says_so(
+    trained_checkpoint, smoke_cfg, tmp_path, caplog
+):
+    import torch
+
+    from ncalab.train import run
+
+    ckpt = torch.load(trained_checkpoint, weights_only=True)
+    del ckpt["NCADataModule"]
+    bare = tmp_path / "bare.ckpt"
+    torch.save(ckpt, bare)
+    with caplog.at_level("WARNING", logger="ncalab"):
+        run(smoke_cfg(f"ckpt_path={bare}", "trainer.max_steps=6", out=tmp_path / "resumed"))
+    assert any(
+        "holds no sample pool" in r.getMessage() and "fresh pool" in r.getMessage() for r in caplog.records
+    )
+    assert (
+        torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import inspect
+import math
 import os
 import re
 import secrets
@@ -145,6 +146,76 @@ def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: str | P
             + f"\nResume with the checkpoint's settings (e.g. {_perception_override(saved.get('perception'))}) "
             "or start a new run without ckpt_path."
         )
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_training_state(ckpt: dict[str, Any], optimizer: Any, scheduler: Any, path: str | Path) -> None:
+    """Raise :class:`CheckpointError` when the checkpoint's optimiser or schedule state does not fit this run's
+    ``optimizer`` and ``scheduler`` (built for the model's parameters, then thrown away): each moment a tensor of
+    its parameter's shape, every number finite. Said before training, in one line, rather than as PyTorch's error
+    at the first step (or a NaN model) from a crafted or damaged file."""
+
+    def fail(what: str) -> CheckpointError:
+        return CheckpointError(f"ckpt_path={str(path)!r}: its {what}; the file was altered or is damaged")
+
+    states, schedules = ckpt.get("optimizer_states"), ckpt.get("lr_schedulers")
+    if not isinstance(states, list) or len(states) != 1 or not isinstance(states[0], dict):
+        raise fail("optimiser state is not the one optimiser ncalab saves")
+    try:
+        optimizer.load_state_dict(states[0])
+    except Exception as exc:  # noqa: BLE001 - torch's checks of the structure
+        raise fail(
+            f"optimiser state does not fit this run's optimiser ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for group in optimizer.param_groups:
+        for key in ("lr", "eps", "weight_decay"):
+            if key in group and not (_finite_number(group[key]) and float(group[key]) >= 0):
+                raise fail(f"optimiser's {key} is {group[key]!r}, not a finite number >= 0")
+        betas = group.get("betas", (0.0, 0.0))
+        if not isinstance(betas, list | tuple) or not all(_finite_number(b) for b in betas):
+            raise fail(f"optimiser's betas are {betas!r}")
+    for param, state in optimizer.state.items():
+        if not isinstance(state, dict):
+            raise fail("optimiser state holds something that is not a parameter's state")
+        for key, value in state.items():
+            if key == "step":
+                if not (_finite_number(value) and float(value) >= 0):
+                    raise fail(f"optimiser's step count is {value!r}")
+            elif (
+                not isinstance(value, torch.Tensor)
+                or value.shape != param.shape
+                or not value.is_floating_point()
+            ):
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise fail(f"optimiser's {key} is {shape} for a parameter of shape {tuple(param.shape)}")
+            elif not bool(torch.isfinite(value).all()):
+                raise fail(f"optimiser's {key} holds NaN or infinite values")
+    if len(optimizer.state) > len(params):
+        raise fail("optimiser state has more entries than the model has parameters")
+    if schedules is None:
+        return
+    if not isinstance(schedules, list) or len(schedules) != 1 or not isinstance(schedules[0], dict):
+        raise fail("learning-rate schedule state is not the one schedule ncalab saves")
+    try:
+        scheduler.load_state_dict(schedules[0])
+    except Exception as exc:  # noqa: BLE001
+        raise fail(f"schedule state does not fit ({type(exc).__name__}: {str(exc)[:200]})") from None
+    numbers = [scheduler.__dict__.get("gamma", 1.0), *scheduler.__dict__.get("base_lrs", [])]
+    numbers += list(scheduler.__dict__.get("_last_lr", []) or [])
+    if not all(_finite_number(v) for v in numbers):
+        raise fail("schedule holds a value that is not a finite number")
+    last_epoch = scheduler.__dict__.get("last_epoch", 0)
+    milestones = scheduler.__dict__.get("milestones", {})
+    if not (isinstance(last_epoch, int) and not isinstance(last_epoch, bool)) or not all(
+        isinstance(m, int) and not isinstance(m, bool) for m in milestones
+    ):
+        raise fail("schedule's step or milestones are not whole numbers")
 
 
 def check_weights(ckpt: dict[str, Any], expected: dict[str, torch.Tensor], path: str | Path) -> None:

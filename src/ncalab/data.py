@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
-from ncalab.errors import ConfigError
+from ncalab.errors import CheckpointError, ConfigError
 from ncalab.metrics import per_sample_loss
 from ncalab.nca import seed_state
 from ncalab.targets import load_target
@@ -350,19 +350,59 @@ class NCADataModule(L.LightningDataModule):
         """Take this rank's shard of the saved whole pool and this rank's saved generator state. A checkpoint
         written with another number of processes is re-split; ranks it did not have get a fresh stream derived
         from the saved ones."""
+        self.check_state(state)
         pool = state["pool"]
-        full_shape = (self.full_pool_size, *self.pool.states.shape[1:])
-        if tuple(pool.shape) != full_shape:
-            raise ValueError(
-                f"the checkpoint's pool has shape {tuple(pool.shape)} but this run's is "
-                f"{full_shape} (data.pool_size, model.channels, target grid); "
-                "resume with the settings the checkpoint was trained with"
-            )
         start, stop = (
             shard_bounds(self.full_pool_size, self.world_size, self.rank) if self.sharded else (0, len(pool))
         )
         self.pool.states = pool[start:stop].clone()
         self.generator.set_state(self._saved_generator_state(state))
+
+    def check_state(self, state: object) -> None:
+        """Raise :class:`CheckpointError` (one line) unless ``state`` is a pool this run can take: a float tensor
+        of this run's whole-pool shape with finite values, and generator states torch accepts."""
+        if not isinstance(state, dict) or not isinstance(state.get("pool"), torch.Tensor):
+            raise CheckpointError(
+                "the checkpoint's sample pool is not a tensor; the file was altered or is damaged"
+            )
+        pool = state["pool"]
+        full_shape = (self.full_pool_size, *self.pool.states.shape[1:])
+        if tuple(pool.shape) != full_shape:
+            raise CheckpointError(
+                f"the checkpoint's pool has shape {tuple(pool.shape)} but this run's is "
+                f"{full_shape} (data.pool_size, model.channels, target grid); "
+                "resume with the settings the checkpoint was trained with"
+            )
+        if pool.dtype != self.pool.states.dtype or not bool(torch.isfinite(pool).all()):
+            raise CheckpointError(
+                f"the checkpoint's sample pool is {pool.dtype} with "
+                f"{'finite' if pool.is_floating_point() and bool(torch.isfinite(pool).all()) else 'NaN or infinite'} "
+                f"values, not {self.pool.states.dtype} with finite values; the file was altered or is damaged"
+            )
+        generators = state.get("generators")
+        if generators is None:
+            generators = state.get("generator")
+            generators = generators.unsqueeze(0) if isinstance(generators, torch.Tensor) else generators
+        size = self.generator.get_state().shape
+        if (
+            not isinstance(generators, torch.Tensor)
+            or generators.dim() != 2
+            or len(generators) < 1
+            or generators.dtype != torch.uint8
+            or generators.shape[1:] != size
+        ):
+            raise CheckpointError(
+                "the checkpoint's sampling generator state is not one torch can restore; the file was altered or "
+                "is damaged"
+            )
+        for row in generators:
+            try:
+                torch.Generator().set_state(row.clone())
+            except RuntimeError:
+                raise CheckpointError(
+                    "the checkpoint's sampling generator state is not one torch can restore; the file was altered "
+                    "or is damaged"
+                ) from None
 
     def _saved_generator_state(self, state: dict) -> torch.Tensor:
         generators = state.get("generators")

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 
 from ncalab.data import NCADataModule
+from ncalab.errors import CheckpointError
 from ncalab.guard import DivergenceGuard
 from ncalab.loggers import CHECKPOINT_WANDB_ID, wandb_run_id
 from ncalab.metrics import per_sample_loss
@@ -225,4 +226,10 @@ class NCALitModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "ncalab_step_generator" in checkpoint:
-            self.step_generator.set_state(checkpoint["ncalab_step_generator"])
+            try:
+                self.step_generator.set_state(checkpoint["ncalab_step_generator"])
+            except (RuntimeError, TypeError):
+                raise CheckpointError(
+                    "the checkpoint's update-firing generator state is not one torch can restore; the file was "
+                    "altered or is damaged"
+                ) from None

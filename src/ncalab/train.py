@@ -23,7 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from ncalab import run_folder
 from ncalab.allocator import keep_heap
 from ncalab.callbacks import FinalCheckpoint, ResumeOptim
-from ncalab.checkpoint import AtomicCheckpointIO, check_compatible, check_weights, read_checkpoint
+from ncalab.checkpoint import (
+    AtomicCheckpointIO,
+    check_compatible,
+    check_training_state,
+    check_weights,
+    read_checkpoint,
+)
 from ncalab.config import validate
 from ncalab.errors import ConfigError, NCALabError, RunError
 from ncalab.guard import DivergenceGuard
@@ -323,6 +329,16 @@ def _train(
     module = build_module(cfg, config)
     if ckpt is not None:
         check_weights(ckpt, module.state_dict(), cfg.ckpt_path)
+        built = module.configure_optimizers()  # thrown away: Lightning builds the run's own
+        check_training_state(ckpt, built["optimizer"], built["lr_scheduler"]["scheduler"], cfg.ckpt_path)
+        pool = ckpt.get(type(datamodule).__qualname__)
+        if pool is None:
+            log.warning(
+                "ckpt_path=%s holds no sample pool: this run resumes the model and optimiser with a fresh pool",
+                cfg.ckpt_path,
+            )
+        else:
+            datamodule.check_state(pool)
     # The process set-up first (in spawned DDP processes too), then the final checkpoint: it is saved before the
     # end-of-run callbacks that can fail or take long.
     callbacks: list[L.Callback] = [
