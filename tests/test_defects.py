@@ -437,3 +437,57 @@ def test_a_checkpoint_without_its_pool_resumes_with_a_fresh_pool_and_says_so(
     assert (
         torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
     )
+
+
+def test_perception_ops_null_is_refused_instead_of_becoming_the_sobel3_bank(smoke_cfg):
+    from ncalab.errors import ConfigError
+    from ncalab.train import run
+
+    with pytest.raises(ConfigError, match=r"perception\.ops=null names no operators"):
+        run(smoke_cfg("perception=operators", "perception.ops=null"))
+
+
+# -- paths of the wrong kind are named for what they are; no run inside another run's checkpoints/ ---------------
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    import os
+
+    path = tmp_path / "pipe"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_device_or_a_fifo_is_named_for_what_it_is(fifo, tmp_path):
+    from pathlib import Path
+
+    from ncalab.checkpoint import read_checkpoint
+    from ncalab.errors import CheckpointError, TargetError
+    from ncalab.rundirs import run_dir_problem
+    from ncalab.targets import resolve_target
+
+    zero = Path("/dev/zero")
+    assert "is a character device, not a directory" in run_dir_problem(zero)
+    assert "is a FIFO (named pipe), not a directory" in run_dir_problem(fifo)
+    with pytest.raises(TargetError, match="is a character device, not an image file"):
+        resolve_target(str(zero))
+    with pytest.raises(TargetError, match=r"is a FIFO \(named pipe\), not an image file"):
+        resolve_target(str(fifo))
+    with pytest.raises(TargetError, match="is a directory, not an image file"):
+        resolve_target(str(tmp_path))
+    with pytest.raises(CheckpointError, match="is a FIFO \\(named pipe\\), not a checkpoint file"):
+        read_checkpoint(fifo)
+
+
+@pytest.mark.slow
+def test_a_run_inside_another_runs_checkpoint_folder_is_refused(smoke_cfg, tmp_path):
+    from ncalab.errors import ConfigError
+    from ncalab.train import run
+
+    first = tmp_path / "first"
+    run(smoke_cfg(out=first))
+    for inside in (first / "checkpoints" / "nested", first / "checkpoints"):
+        with pytest.raises(ConfigError, match=f"inside the checkpoint folder of the run {first}"):
+            run(smoke_cfg(out=inside))
+    assert sorted(p.name for p in (first / "checkpoints").iterdir()) == ["last.ckpt"]

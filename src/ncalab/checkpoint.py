@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ncalab.errors import CheckpointError
+from ncalab.errors import CheckpointError, kind_of
 from ncalab.nca import NCA
 from ncalab.perception import (
     BANKS,
@@ -55,6 +55,8 @@ PERCEPTION_CLASSES: dict[str, type[Perception]] = {
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file without running any code in it; raise a clear error when that fails."""
     path = Path(path).expanduser()
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"ckpt_path={str(path)!r} is {kind_of(path)}, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={str(path)!r}: no such file (expected a .ckpt written by ncalab)")
     try:

@@ -100,6 +100,11 @@ def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first key that is missing, of the wrong type or out of range."""
     if "perception" not in cfg or "_target_" not in cfg.perception:
         raise ConfigError("perception: no perception selected; choose one with perception=<name>")
+    if "ops" in cfg.perception and cfg.perception.ops is None and cfg.perception.get("operators") is None:
+        raise ConfigError(
+            "perception.ops=null names no operators; give a list, e.g. perception.ops=[sobel3_x,sobel3_y,laplace3], "
+            "or choose a bank with perception=sobel3 (sobel5, sobel5_diag)"
+        )
     for section in CHECKED_SECTIONS:
         node = cfg.get(section)
         if isinstance(node, DictConfig):

@@ -29,6 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ncalab import run_folder
+from ncalab.errors import kind_of
 
 RESOLVER = "ncalab.fresh_dir"
 MAX_SUFFIX = 1000
@@ -127,7 +128,11 @@ def run_dir_problem(out: str | Path, ckpt_path: str | None = None) -> str | None
     """
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        return f"the run directory {out} is a file, not a directory; choose another hydra.run.dir"
+        return f"the run directory {out} is {kind_of(out)}, not a directory; choose another hydra.run.dir"
+    resolved = out.resolve()
+    for folder in (resolved, *resolved.parents):
+        if folder.name == run_folder.CHECKPOINTS_DIR and holds_run(folder.parent):
+            return f"{out} is inside the checkpoint folder of the run {folder.parent}; choose another hydra.run.dir"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -212,7 +217,9 @@ class RunDirGuard(Callback):
         except Exception:  # noqa: BLE001
             return
         if sweep.exists() and not sweep.is_dir():
-            _refuse(f"the sweep directory {sweep} is a file, not a directory; choose another hydra.sweep.dir")
+            _refuse(
+                f"the sweep directory {sweep} is {kind_of(sweep)}, not a directory; choose another hydra.sweep.dir"
+            )
         try:
             sweep.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ncalab.errors import NCALabError
+from ncalab.errors import NCALabError, kind_of
 from ncalab.nca import NCA
 from ncalab.perception import Perception
 
@@ -202,7 +202,7 @@ def check_export_folder(folder: str | Path, force: bool = False) -> Path:
     ``force``."""
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise ExportError(f"{str(folder)!r} is a file, not a folder")
+        raise ExportError(f"{str(folder)!r} is {kind_of(folder)}, not a folder")
     if force or not folder.exists() or written_by_export(folder):
         return folder
     try:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ncalab.errors import TargetError
+from ncalab.errors import TargetError, kind_of
 from ncalab.images import check_size, note_opaque
 from ncalab.nca import ALPHA
 from ncalab.targets.emoji import RENDER_PX, is_emoji_target, render_emoji
@@ -43,7 +43,7 @@ def resolve_target(target: str) -> Path:
             f"(built-ins: {', '.join(builtin_targets())}; an emoji as emoji:<name or code point>; or a path to a PNG/JPEG/... image)"
         )
     if not path.is_file():
-        raise TargetError(f"data.target={target!r} is a directory, not an image file")
+        raise TargetError(f"data.target={target!r} is {kind_of(path)}, not an image file")
     return path
 
 
