@@ -26,10 +26,10 @@ from ncalab import run_folder
 from ncalab.evaluate import LONG_RUN_STEPS, measure_nca, parse_steps
 from ncalab.loggers import wandb_run
 from ncalab.media import (
+    cell_box,
     cut_region,
     eval_mode,
     frames_uint8,
-    pattern_box,
     pool_grid,
     record_rollout,
     side_by_side,
@@ -309,11 +309,12 @@ class RunEvaluation(L.Callback):
         (self.output_dir / run_folder.EVALUATION_FILE).write_text(json.dumps(result, indent=2) + "\n")
 
         image = side_by_side(
-            frames_uint8([target.unsqueeze(0)], self.scale)[0], frames_uint8([measured.grown], self.scale)[0]
+            frames_uint8([target.unsqueeze(0)], self.scale)[0], frames_uint8([measured.image], self.scale)[0]
         )
         Image.fromarray(image).save(self.output_dir / run_folder.FINAL_IMAGE)
 
-        h, w = target.shape[-2:]
+        cells = nca.render.scale  # the grid is the image divided by the renderer's pixels per cell
+        h, w = target.shape[-2] // cells, target.shape[-1] // cells
         guard = getattr(pl_module, "guard", None)
         long_run = result["long_run"]
         self.summary = {
@@ -334,6 +335,8 @@ class RunEvaluation(L.Callback):
             "s_per_iter": elapsed / steps_run if steps_run else None,
             "parameters": sum(p.numel() for p in nca.parameters() if p.requires_grad),
             "grid": [int(h), int(w)],
+            "render": nca.render.name,
+            "image": [int(target.shape[-2]), int(target.shape[-1])],  # the grid x render.scale
             "divergences": len(getattr(guard, "events", [])),
             "divergence_events": list(getattr(guard, "events", [])),
             "stopped_by_guard": bool(getattr(pl_module, "stopped_by_guard", False)),
@@ -423,27 +426,32 @@ class RolloutMedia(L.Callback):
     def record(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> dict[str, Path]:
         dm = trainer.datamodule
         h, w = dm.height, dm.width
-        with eval_mode(pl_module.nca) as nca:
+        cells = pl_module.nca.render.scale  # pixels per cell side of the drawn image
+        scale = max(1, self.scale // cells)  # the videos' pixels per image pixel: about self.scale per cell
+        with eval_mode(pl_module.nca) as nca, torch.no_grad():
             grown, growth = record_rollout(nca, nca.seed(1, h, w), self.growth_steps, self.frame_every)
             _, regrowth = record_rollout(
                 nca,
-                cut_region(grown, self.region, pattern_box(dm.target)),
+                cut_region(grown, self.region, cell_box(dm.target, cells)),
                 self.regrow_steps,
                 self.frame_every,
             )
+            growth = [nca.render(f) for f in growth]
+            regrowth = [nca.render(f) for f in regrowth]
+            device = next(nca.parameters()).device
+            pool = nca.render(dm.pool.states[: self.pool_samples].to(device)).cpu()
         files = {
             "growth": write_video(
-                frames_uint8(growth, self.scale),
+                frames_uint8(growth, scale),
                 self.dir / run_folder.media_name("growth", tag, self.format),
                 self.fps,
             ),
             "regeneration": write_video(
-                frames_uint8(growth + regrowth, self.scale),
+                frames_uint8(growth + regrowth, scale),
                 self.dir / run_folder.media_name("regeneration", tag, self.format),
                 self.fps,
             ),
         }
-        pool = dm.pool.states[: self.pool_samples]
         files["pool"] = self.dir / run_folder.media_name("pool", tag, "png")
         Image.fromarray(pool_grid(pool).transpose(1, 2, 0)).save(files["pool"])
 

@@ -28,11 +28,13 @@ from ncalab.perception import (
     TrainablePerception,
     resolve_ops,
 )
+from ncalab.render import build_render
 from ncalab.rundirs import pid_alive
 
 # Settings that decide the shapes and meaning of what a checkpoint holds.
 COMPATIBLE_KEYS = (
     "perception",
+    "render",
     "model.channels",
     "model.hidden",
     "model.update_bias",
@@ -76,7 +78,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 # What a key meant in checkpoints written before it existed.
-LEGACY_DEFAULTS = {"model.update_bias": True, "data.mode": "regenerating"}
+LEGACY_DEFAULTS = {
+    "model.update_bias": True,
+    "data.mode": "regenerating",
+    "render": {"name": "cells", "scale": 1},  # before the rendering choice: one pixel per cell
+}
 
 
 def _select(config: dict, key: str) -> Any:
@@ -326,11 +332,14 @@ def load_nca(path: str | Path) -> tuple[NCA, dict[str, Any]]:
     saved_model = config.get("model")
     if not isinstance(saved_model, dict):
         raise CheckpointError(f"{str(path)!r}: the saved config has no model settings")
-    model = _keyword_args(NCA, saved_model, {"perception"}, "model", path)
+    model = _keyword_args(NCA, saved_model, {"perception", "render"}, "model", path)
     # Checkpoints written before model.update_bias existed always had the bias.
     model.setdefault("update_bias", "update.2.bias" in state)
     try:
-        nca = NCA(perception, **model)
+        render = build_render(
+            config.get("render"), saved_model.get("channels", 16), model.get("alive_threshold", 0.1)
+        )
+        nca = NCA(perception, render=render, **model)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{str(path)!r}: the saved model config does not build ({exc})") from exc
     try:

@@ -7,6 +7,7 @@ Under DDP (``trainer=ddp``) every process keeps its own shard of the pool; check
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
 
 import lightning as L
@@ -146,12 +147,17 @@ class SamplePool:
         generator: torch.Generator | None = None,
         damage_radius: tuple[float, float] = DAMAGE_RADIUS,
         damage_shapes: tuple[str, ...] = ("disc",),
+        loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """States at ``idx`` sorted by loss (worst first); the worst is replaced by the seed and the
         ``damage_n`` best get a hole (:func:`hole_damage`; at most :func:`max_damaged`: the reseeded sample and one more are
-        never damaged, so every batch trains the pattern to persist). Returns ``(idx, states)`` in the new order."""
+        never damaged, so every batch trains the pattern to persist). Returns ``(idx, states)`` in the new order.
+        ``loss_fn(states)``: the per-sample loss to sort by, when it is not the states' RGBA against ``target``
+        (a decoder's rendered image)."""
         x = self.states[idx].clone()
-        order = per_sample_loss(x, target).argsort(descending=True)
+        with torch.no_grad():
+            losses = loss_fn(x) if loss_fn is not None else per_sample_loss(x, target)
+        order = losses.cpu().argsort(descending=True)
         idx, x = idx[order], x[order]
         x[0] = self.seed
         n = min(damage_n, max_damaged(len(idx)))
@@ -209,6 +215,7 @@ class NCADataModule(L.LightningDataModule):
         damage_shapes: tuple[str, ...] | list[str] = ("disc",),
         steps_per_epoch: int = 100,
         seed: int = 0,
+        scale: int = 1,
     ):
         super().__init__()
         if mode not in MODES:
@@ -238,8 +245,10 @@ class NCADataModule(L.LightningDataModule):
         self.damage_n = damaged if mode == "regenerating" else 0
         self.steps_per_epoch = steps_per_epoch
         self.seed = seed
-        self.target = load_target(target, target_size, padding, allow_upscale, seed_on_pattern)
-        _, self.height, self.width = self.target.shape
+        # The target at the image's resolution; the cell grid is `scale` times coarser (a decoder draws the rest).
+        self.scale = scale
+        self.target = load_target(target, target_size, padding, allow_upscale, seed_on_pattern, cell=scale)
+        self.height, self.width = self.target.shape[1] // scale, self.target.shape[2] // scale
         self.generator = torch.Generator().manual_seed(seed)
         seed_cell = seed_state(1, channels, self.height, self.width)[0]
         self.pool = SamplePool(seed_cell, pool_size if mode != "growing" else batch_size)
@@ -289,14 +298,30 @@ class NCADataModule(L.LightningDataModule):
     def sample_indices(self) -> torch.Tensor:
         return self.pool.sample(self.batch_size, self.generator)
 
-    def make_batch(self, idx: torch.Tensor, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(idx, states)`` for one training step, on ``device``."""
+    def make_batch(
+        self, idx: torch.Tensor, device=None, render: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx, states)`` for one training step, on ``device``; ``render`` (the NCA's renderer, on ``device``)
+        draws the states to rank them by loss when the grid is coarser than the target (``scale`` > 1)."""
         idx = idx.cpu()
+        loss_fn = None
+        if render is not None and self.scale != 1:
+            target = self.target.to(device)
+
+            def loss_fn(states: torch.Tensor) -> torch.Tensor:
+                return per_sample_loss(render(states.to(device, target.dtype)), target)
+
         if self.mode == "growing":
             x = self.pool.seed.unsqueeze(0).repeat(len(idx), 1, 1, 1)
         else:
             idx, x = self.pool.batch(
-                idx, self.target, self.damage_n, self.generator, self.damage_radius, self.damage_shapes
+                idx,
+                self.target,
+                self.damage_n,
+                self.generator,
+                self.damage_radius,
+                self.damage_shapes,
+                loss_fn,
             )
         return idx, x.to(device)
 

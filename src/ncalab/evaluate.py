@@ -31,10 +31,10 @@ from ncalab import run_folder
 from ncalab.errors import NCALabError
 from ncalab.media import (
     REGIONS,
+    cell_box,
     cut_region,
     eval_mode,
     frames_uint8,
-    pattern_box,
     record_rollout,
     write_video,
 )
@@ -169,7 +169,7 @@ def long_run(
                     last_said = now
             finite = bool(torch.isfinite(x).all())
             non_finite = non_finite or not finite
-            loss = _finite(float(per_sample_loss(x, target).mean()))
+            loss = _finite(float(per_sample_loss(nca.render(x), target).mean()))
             losses[str(mark)] = loss
             checks.append((mark, loss if finite else None))
     return {
@@ -188,6 +188,7 @@ class Measurement:
 
     result: dict[str, Any]
     grown: torch.Tensor
+    image: torch.Tensor  # the grown states drawn by the model's renderer (rollouts x 4 x image H x image W)
 
 
 @torch.no_grad()
@@ -264,12 +265,14 @@ def _measure(
 ) -> Measurement:
     device = next(nca.parameters()).device
     target = target.to(device).unsqueeze(0)
-    h, w = target.shape[-2:]
+    render, scale = nca.render, nca.render.scale  # the image is drawn `scale` pixels per cell side
+    h, w = target.shape[-2] // scale, target.shape[-1] // scale
     target_rgb = to_rgb(target)
 
     grown, _ = record_rollout(nca, nca.seed(rollouts, h, w), horizon, frame_every=max(horizon, 1), seed=seed)
-    grown_rgb = to_rgb(grown)
-    loss = float(per_sample_loss(grown, target).mean())
+    image = render(grown)
+    grown_rgb = to_rgb(image)
+    loss = float(per_sample_loss(image, target).mean())
     result: dict[str, Any] = {
         "horizon": horizon,
         "rollouts": rollouts,
@@ -283,10 +286,11 @@ def _measure(
 
     # Regeneration after the Distill protocol, counted only for a grown pattern and a cut that did damage.
     base, growth = record_rollout(nca, nca.seed(1, h, w), grow_steps, seed=seed)
-    base_loss = float(per_sample_loss(base, target).mean())
-    base_psnr = psnr(to_rgb(base), target_rgb)
+    base_loss = float(per_sample_loss(render(base), target).mean())
+    base_psnr = psnr(to_rgb(render(base)), target_rgb)
     grown_min = psnr(to_rgb(torch.zeros_like(target)), target_rgb) + grown_min_gain_db
     is_grown = bool(torch.isfinite(base).all()) and math.isfinite(base_loss) and base_psnr >= grown_min
+    video_scale = max(1, 4 // scale)  # videos about 4 pixels per cell
     reference = max(base_loss, loss)  # the undamaged pattern, but no stricter than growth from the seed
     threshold = recovery_factor * reference
     regeneration: dict[str, Any] = {
@@ -301,12 +305,16 @@ def _measure(
         "grown": is_grown,
     }
     regrown = 0
-    box = pattern_box(target)
-    regeneration["pattern_box"] = list(box)  # top, bottom, left, right: the centre cut is half its size
+    box = cell_box(target, scale)
+    regeneration["pattern_box"] = list(
+        box
+    )  # top, bottom, left, right (cells): the centre cut is half its size
     for region in REGIONS:
         damaged = cut_region(base, region, box)
         _, frames = record_rollout(nca, damaged, regrow_steps, seed=seed + 1)
-        curve = [float(per_sample_loss(f, target).mean()) for f in frames]  # frame i = after i regrow steps
+        curve = [
+            float(per_sample_loss(render(f), target).mean()) for f in frames
+        ]  # frame i: after i regrow steps
         recovered = next((i for i, v in enumerate(curve) if i > 0 and v <= threshold), None)
         hit = curve[0] > threshold  # False for NaN: a cut into a non-finite state is no damage to measure
         # Back under the threshold at some step and still there at the end (not a pass on the way to collapse).
@@ -320,12 +328,13 @@ def _measure(
             "regrown": ok,
         }
         if video_dir is not None:
-            write_video(frames_uint8(growth + frames, 4), video_dir / f"regeneration_{region}.mp4", fps)
+            drawn = [render(f) for f in growth + frames]
+            write_video(frames_uint8(drawn, video_scale), video_dir / f"regeneration_{region}.mp4", fps)
     regeneration["regrown"] = regrown
     result["regeneration"] = regeneration
     if video_dir is not None:
-        write_video(frames_uint8(growth, 4), video_dir / "growth.mp4", fps)
-    return Measurement(result, grown)
+        write_video(frames_uint8([render(f) for f in growth], video_scale), video_dir / "growth.mp4", fps)
+    return Measurement(result, grown, image)
 
 
 # --------------------------------------------------------------------------------------------- models on disk
@@ -369,6 +378,8 @@ def _target_and_horizon(config: dict[str, Any], path: str | Path) -> tuple[torch
         # Runs from before data.seed_on_pattern trained on the image centred as it was.
         on_seed = bool(data.get("seed_on_pattern", False))
         horizon = int(config["rollout"]["max_steps"])
+        render = config.get("render") or {}
+        cell = int(render.get("scale", 1)) if isinstance(render, dict) else 1
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise EvaluationError(
             f"{str(path)!r}: the saved run config lacks data.target/target_size/padding or rollout.max_steps "
@@ -379,7 +390,7 @@ def _target_and_horizon(config: dict[str, Any], path: str | Path) -> tuple[torch
             f"{str(path)!r}: the saved rollout.max_steps={horizon} is outside 1..{MAX_STEPS:,} "
             "(the steps a measurement may run)"
         )
-    return load_target(target, size, padding, upscale, on_seed), horizon
+    return load_target(target, size, padding, upscale, on_seed, cell=cell), horizon
 
 
 def evaluate_model(

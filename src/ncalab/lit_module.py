@@ -112,12 +112,12 @@ class NCALitModule(L.LightningModule):
 
     def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
         dm = self.datamodule
-        idx, x = dm.make_batch(idx, self.device)
+        idx, x = dm.make_batch(idx, self.device, render=self.nca.render)
         target = dm.target.to(self.device, x.dtype)
         steps = self.rollout_steps()
         self._cell_steps = x.shape[0] * x.shape[2] * x.shape[3] * steps
         x = self.nca.rollout(x, steps, self.backprop_steps)
-        losses = per_sample_loss(x, target)
+        losses = per_sample_loss(self.nca.render(x), target)
         loss = losses.mean()
         self._loss_value = float(loss.detach())
         if self.overflow_weight > 0:

@@ -9,6 +9,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from ncalab.nca import NCA, to_rgb
@@ -38,6 +39,15 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 24) -> Path:
     else:
         raise ValueError(f"unknown video format {path.suffix!r}; accepted: .mp4, .gif")
     return path
+
+
+def cell_box(target: torch.Tensor, scale: int = 1) -> tuple[int, int, int, int]:
+    """:func:`pattern_box` on the cell grid of a target drawn ``scale`` pixels per cell side (a decoder's): the
+    cells any of whose pixels the pattern covers."""
+    if scale == 1:
+        return pattern_box(target)
+    t = target if target.dim() == 4 else target.unsqueeze(0)
+    return pattern_box(F.max_pool2d(t, scale))
 
 
 def pattern_box(target: torch.Tensor) -> tuple[int, int, int, int]:

@@ -18,6 +18,7 @@ from torch import nn
 from ncalab import fast_step
 from ncalab.fast_step import PRECISIONS
 from ncalab.perception import Perception
+from ncalab.render import CellRender, Renderer
 
 __all__ = ["ALPHA", "NCA", "PRECISIONS", "alive_mask", "rgba", "seed_state", "to_rgb"]
 
@@ -49,6 +50,8 @@ class NCA(nn.Module):
 
     ``precision``: ``fp32`` or ``bf16`` (the update network in bfloat16, and the perception on GPU; state in float32).
     ``checkpoint_every``: ``None`` or k, gradient checkpointing of the rollout in segments of k steps.
+    ``render``: how a state becomes an image (:mod:`ncalab.render`; default one pixel per cell): ``nca.render(x)``
+    is what the loss, the metrics and the pictures are taken on.
     Both are options of the fast path (:mod:`ncalab.fast_step`); the rule is the same.
     """
 
@@ -62,6 +65,7 @@ class NCA(nn.Module):
         precision: str = "fp32",
         checkpoint_every: int | None = None,
         update_bias: bool = False,
+        render: Renderer | None = None,
     ):
         super().__init__()
         if perception.channels != channels:
@@ -84,6 +88,8 @@ class NCA(nn.Module):
         self.checkpoint_every = checkpoint_every
         self.update_bias = bool(update_bias)
         self.perception = perception
+        # How a state becomes an image (ncalab.render): one pixel per cell, or a decoder at `render.scale`.
+        self.render: Renderer = render if render is not None else CellRender()
         self.update = nn.Sequential(
             nn.Conv2d(perception.out_channels, hidden, kernel_size=1),
             nn.ReLU(),

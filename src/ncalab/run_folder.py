@@ -44,7 +44,8 @@ stop)
     ``train_loss``; from ``evaluation.json``: ``eval_steps`` (its ``horizon``), ``eval_loss`` (its ``loss``),
     ``psnr``, ``ssim``, ``holds_steps``, ``long_run_loss`` (the loss at the last long-run check),
     ``non_finite``, ``grown``, ``regrown``; ``wall_time_s``, ``s_per_iter`` (``null`` when no step ran),
-    ``parameters``, ``grid`` ([H, W]), ``divergences``, ``divergence_events`` (the guard's events: ``step``,
+    ``parameters``, ``grid`` ([H, W], cells), ``render`` (``cells`` or ``decoder``), ``image`` ([H, W] pixels: the
+    grid x ``render.scale``), ``divergences``, ``divergence_events`` (the guard's events: ``step``,
     ``cause``, ``action``, ``restored_step``, ``lr``), ``stopped_by_guard``.
 
 ``final.png`` (:data:`FINAL_IMAGE`; :class:`ncalab.callbacks.RunEvaluation`)
@@ -142,6 +143,8 @@ SUMMARY_KEYS = (
     "s_per_iter",
     "parameters",
     "grid",
+    "render",
+    "image",
     "divergences",
     "divergence_events",
     "stopped_by_guard",

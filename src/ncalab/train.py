@@ -37,6 +37,7 @@ from ncalab.lit_module import NCALitModule
 from ncalab.loggers import finish_wandb, resume_extras
 from ncalab.nca import NCA
 from ncalab.processes import LAUNCHER_PID_ENV, parent_death_signal
+from ncalab.render import build_render
 from ncalab.run_status import STOP, RunInterrupted, RunStatus, interrupt_signal
 from ncalab.rundirs import pid_alive, run_dir_problem
 
@@ -67,8 +68,14 @@ def _built(obj: Any, kind: type, key: str, what: str) -> Any:
 def build_module(cfg: DictConfig, config: dict[str, Any] | None = None) -> NCALitModule:
     """The LightningModule for ``cfg`` (an NCA with the configured perception)."""
     perception = build(cfg.perception, "perception")
+    render_node = cfg.get("render")
+    render = build_render(
+        OmegaConf.to_container(render_node) if OmegaConf.is_config(render_node) else render_node,
+        channels=cfg.model.channels,
+        alive_threshold=cfg.model.get("alive_threshold", 0.1),
+    )
     try:
-        nca = NCA(perception, **cfg.model)
+        nca = NCA(perception, render=render, **cfg.model)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model: {exc}") from exc
     return NCALitModule(
@@ -325,8 +332,11 @@ def _train(
             )
         resume_callbacks = ResumeOptim.for_resume(ckpt["hyper_parameters"]["config"], config)
 
-    datamodule = build(cfg.data, "data")
     module = build_module(cfg, config)
+    scale = (
+        module.nca.render.scale
+    )  # a decoder draws `scale` pixels per cell side: the grid is that much coarser
+    datamodule = build(cfg.data, "data", **({"scale": scale} if scale != 1 else {}))
     if ckpt is not None:
         check_weights(ckpt, module.state_dict(), cfg.ckpt_path)
         built = module.configure_optimizers()  # thrown away: Lightning builds the run's own

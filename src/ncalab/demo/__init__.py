@@ -120,6 +120,11 @@ def model_tensors(nca: NCA) -> dict[str, torch.Tensor]:
     contract's ``operator_weight()`` and ``response_scale()`` (``ncalab.perception.Perception``), then the update
     network. A bank of mixed kernel sizes arrives already zero-padded to its largest size."""
     p = nca.perception
+    if nca.render.scale != 1:
+        raise ExportError(
+            f"this model draws its image with render={nca.render.name} (render.scale={nca.render.scale}); the "
+            "browser demo draws one pixel per cell and cannot run it yet"
+        )
     if type(p).forward is not Perception.forward:
         raise ExportError(
             f"perception {p.name!r} ({type(p).__name__}) computes its own forward: the page runs only what "

@@ -72,7 +72,7 @@ def _read_image(path: Path) -> Image.Image:
 SEED_ALPHA = 0.5
 
 
-def seed_on_pattern(rgba: torch.Tensor, target: str) -> torch.Tensor:
+def seed_on_pattern(rgba: torch.Tensor, target: str, cell: int = 1) -> torch.Tensor:
     """Move the padded target (whole cells) so that the grid's middle cell, where the seed grows from, lies on the
     pattern: unchanged when that cell's alpha is at least :data:`SEED_ALPHA`, otherwise the nearest cell that has
     it (ties: the first in row order) is moved there.
@@ -80,9 +80,12 @@ def seed_on_pattern(rgba: torch.Tensor, target: str) -> torch.Tensor:
     Why: a seed on a transparent cell (the hole of a doughnut or a ring) is taught by the first gradient to fade
     (its target is empty, and so is all it can see), and a dead grid never learns anything again.
     """
-    _, h, w = rgba.shape
+    if cell > 1:  # the grid's cells are cell x cell pixels: a cell's alpha is its pixels' mean
+        alpha = F.avg_pool2d(rgba[ALPHA : ALPHA + 1], cell)[0]
+    else:
+        alpha = rgba[ALPHA]
+    h, w = alpha.shape
     cy, cx = h // 2, w // 2
-    alpha = rgba[ALPHA]
     if alpha[cy, cx] >= SEED_ALPHA:
         return rgba
     ys, xs = torch.nonzero(alpha >= SEED_ALPHA, as_tuple=True)
@@ -99,18 +102,24 @@ def seed_on_pattern(rgba: torch.Tensor, target: str) -> torch.Tensor:
             f"the image by ({dy}, {dx}) cells to put the seed on it would push it off the grid; give more "
             "data.padding, or data.seed_on_pattern=false to keep it centred"
         )
-    return torch.roll(rgba, shifts=(dy, dx), dims=(1, 2))
+    return torch.roll(rgba, shifts=(dy * cell, dx * cell), dims=(1, 2))
 
 
 def load_target(
-    target: str, size: int = 40, padding: int = 16, allow_upscale: bool = False, on_seed: bool = False
+    target: str,
+    size: int = 40,
+    padding: int = 16,
+    allow_upscale: bool = False,
+    on_seed: bool = False,
+    cell: int = 1,
 ) -> torch.Tensor:
     """Load ``target`` (a built-in name, an image file, or ``emoji:<name or code point>``: :mod:`.emoji`) as
     premultiplied RGBA ``4 x H x W`` in [0, 1].
 
     The image is fitted into ``size`` x ``size`` keeping its aspect ratio (an image without alpha is fully opaque),
     then padded by ``padding`` empty cells on every side; with ``on_seed`` moved so that the seed's cell (the middle
-    of the grid) is on the pattern (:func:`seed_on_pattern`). An image larger than
+    of the grid) is on the pattern (:func:`seed_on_pattern`). With ``cell`` > 1 (a decoder's ``render.scale``) sizes
+    are in pixels and the grid's cells are ``cell`` x ``cell`` pixels: the padded image must divide into them. An image larger than
     :data:`ncalab.images.MAX_TARGET_PIXELS` is refused from its header, before it is decoded; one without alpha is
     said so once (it grows as an opaque rectangle).
     """
@@ -145,4 +154,9 @@ def load_target(
             pad_h - pad_h // 2 + padding,
         ),
     )
-    return seed_on_pattern(padded, target) if on_seed else padded
+    if cell > 1 and (padded.shape[1] % cell or padded.shape[2] % cell):
+        raise TargetError(
+            f"render.scale={cell} does not divide the image: data.target_size + 2 x data.padding = "
+            f"{padded.shape[2]} px; choose a scale that divides it, or change data.padding"
+        )
+    return seed_on_pattern(padded, target, cell) if on_seed else padded

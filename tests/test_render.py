@@ -1,0 +1,158 @@
+"""The rendering choice: render=cells is exactly the per-cell image; render=decoder draws the image `scale` times
+finer than the cell grid, trains, checkpoints, resumes and evaluates on the drawn image; bad settings get one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ncalab.errors import CheckpointError, ConfigError, TargetError
+from ncalab.nca import NCA, seed_state
+from ncalab.perception import FixedPerception
+from ncalab.render import CellRender, DecoderRender, build_render, pixel_offsets
+
+
+def test_cells_render_is_the_states_rgba():
+    x = torch.randn(2, 16, 5, 7)
+    assert torch.equal(CellRender()(x), x[:, :4])
+    assert (
+        build_render(None, 16).scale == 1 and build_render({"name": "cells", "scale": 1}, 16).name == "cells"
+    )
+
+
+def test_pixel_offsets_are_centred_inside_each_cell():
+    off = pixel_offsets(4)
+    assert off.shape == (2, 4, 4)
+    assert torch.allclose(off[0, :, 0], torch.tensor([-0.375, -0.125, 0.125, 0.375]))  # rows, top to bottom
+    assert torch.allclose(off[1, 0, :], torch.tensor([-0.375, -0.125, 0.125, 0.375]))  # columns
+    assert torch.allclose(off.sum(dim=(1, 2)), torch.zeros(2))
+
+
+def test_the_decoder_draws_scale_times_finer_and_dead_cells_stay_transparent():
+    dec = DecoderRender(channels=16, scale=3, hidden=8, layers=2)
+    x = seed_state(2, 16, 6, 5)
+    image = dec(x)
+    assert image.shape == (2, 4, 18, 15)
+    alive = torch.nn.functional.max_pool2d(x[:, 3:4], 3, 1, 1) > 0.1  # the seed and its 8 neighbours
+    dead = ~alive.repeat_interleave(3, -2).repeat_interleave(3, -1)
+    assert torch.all(image.masked_select(dead.expand_as(image)) == 0)
+    assert image.masked_select(~dead.expand_as(image)).abs().sum() > 0
+    # the pixels of one live cell differ: the offset inside the cell reaches the network
+    cell = image[0, :, 9:12, 6:9]
+    assert not torch.allclose(cell[:, 0, 0], cell[:, 2, 2])
+
+
+def test_the_decoders_weights_get_gradients_through_the_image():
+    nca = NCA(FixedPerception(16, "sobel3"), hidden=8, render=DecoderRender(16, scale=2, hidden=8))
+    x = seed_state(1, 16, 6, 6)
+    loss = nca.render(nca.rollout(x, 2)).square().mean()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in nca.render.parameters())
+    assert {k for k in nca.state_dict() if k.startswith("render.")} >= {
+        "render.head.weight",
+        "render.body.0.weight",
+    }
+
+
+@pytest.mark.parametrize(
+    "node, match",
+    [
+        ({"name": "decoder", "scale": 0}, r"render\.scale=0 is not valid"),
+        ({"name": "decoder", "scale": 1000}, r"render\.scale=1000 is not valid"),
+        ({"name": "decoder", "scale": 2.5}, r"render\.scale=2\.5 is not valid"),
+        ({"name": "decoder", "hidden": 0}, r"render\.hidden=0 is not valid"),
+        ({"name": "decoder", "omega": -1}, r"render\.omega=-1 is not valid"),
+        ({"name": "decoder", "size": 3}, r"render\.size is not a setting of render=decoder"),
+        ({"name": "cells", "scale": 4}, r"render=cells draws one pixel per cell"),
+        ({"name": "pixels"}, r"render\.name='pixels' is not valid; accepted: cells, decoder"),
+    ],
+)
+def test_bad_render_settings_are_refused_naming_the_key(node, match):
+    with pytest.raises(ConfigError, match=match):
+        build_render(node, 16)
+
+
+def test_a_scale_that_does_not_divide_the_image_is_refused_naming_it():
+    from ncalab.targets import load_target
+
+    with pytest.raises(TargetError, match=r"render\.scale=3 does not divide the image.*20 px"):
+        load_target("flower", 12, 4, cell=3)
+    assert load_target("flower", 12, 4, cell=2).shape == (4, 20, 20)
+
+
+def test_the_seed_lands_on_a_cell_of_the_pattern_at_a_scale():
+    from ncalab.targets import load_target
+
+    target = load_target("emoji:doughnut", 24, 4, on_seed=True, cell=2)
+    cells = torch.nn.functional.avg_pool2d(target[3:4], 2)[0]
+    h, w = cells.shape
+    assert cells[h // 2, w // 2] >= 0.5
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def decoder_run(tmp_path_factory):
+    from conftest import make_cfg
+
+    from ncalab.train import run
+
+    out = tmp_path_factory.mktemp("decoder") / "run"
+    summary = run(make_cfg(out, "experiment=smoke", "render=decoder", "render.scale=2", "logger=csv"))
+    return out, summary
+
+
+@pytest.mark.slow
+def test_a_decoder_run_trains_on_the_drawn_image_and_writes_it(decoder_run):
+    from PIL import Image
+
+    out, summary = decoder_run
+    written = json.loads((out / "summary.json").read_text())
+    assert written["render"] == "decoder" and written["grid"] == [10, 10] and written["image"] == [20, 20]
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["regeneration"]["pattern_box"][1] <= 10  # cuts are on the cell grid
+    # final.png: the 20 px target beside the 20 px image, 4 pixels per image pixel, 4 px gap
+    assert Image.open(out / "final.png").size == (20 * 4 * 2 + 4, 20 * 4)
+    frames = sorted((out / "media").glob("growth_*"))
+    assert frames, "no growth video"
+
+
+@pytest.mark.slow
+def test_a_decoder_checkpoint_resumes_and_evaluates_the_same_way(decoder_run, smoke_cfg, tmp_path):
+    from ncalab.evaluate import evaluate_model
+    from ncalab.train import run
+
+    out, _ = decoder_run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    resumed = tmp_path / "resumed"
+    run(
+        smoke_cfg(f"ckpt_path={ckpt}", "trainer.max_steps=6", "render=decoder", "render.scale=2", out=resumed)
+    )
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    result = evaluate_model(ckpt, rollouts=1, long_run_steps=(16,), grow_steps=8, regrow_steps=4)
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert result["horizon"] == saved["horizon"] and 0 <= result["loss"] < 1
+    with pytest.raises(CheckpointError, match=r"render: checkpoint has .*decoder.*this run has .*cells"):
+        run(smoke_cfg(f"ckpt_path={ckpt}", "trainer.max_steps=6", out=tmp_path / "cells"))
+
+
+@pytest.mark.slow
+def test_a_decoder_model_is_not_exported_to_the_demo_yet(decoder_run, tmp_path):
+    from ncalab.demo import ExportError, export_checkpoint
+
+    out, _ = decoder_run
+    with pytest.raises(ExportError, match=r"render=decoder \(render\.scale=2\).*cannot run it yet"):
+        export_checkpoint(out / "checkpoints" / "last.ckpt", tmp_path / "site")
+    assert not (tmp_path / "site").exists() or not any((tmp_path / "site").iterdir())
+
+
+@pytest.mark.slow
+def test_render_cells_is_bit_for_bit_the_per_cell_training(smoke_cfg, tmp_path):
+    from ncalab.train import run
+
+    a = run(smoke_cfg("~render", out=tmp_path / "without"))  # a config from before the choice existed
+    b = run(smoke_cfg("render=cells", out=tmp_path / "cells"))
+    assert a["train_loss"] == b["train_loss"] and a["eval_loss"] == b["eval_loss"]
