@@ -850,3 +850,55 @@ def test_steps_per_second_readout(site, page):
     open_demo(page, f"{base}/trainable_scale/index.html?speed=4")
     page.wait_for_function("() => nca.sps > 0", timeout=15_000)
     assert float(page.locator("#sps").inner_text()) > 0
+
+
+# --- render=decoder: the page draws the image through the decoder, as PyTorch does ---------------------------
+
+
+@pytest.fixture(scope="module")
+def decoder_site(tmp_path_factory):
+    """A random stable NCA with a random decoder at 2 pixels per cell, exported through the CLI and served."""
+    from ncalab.render import DecoderRender
+
+    root, work = tmp_path_factory.mktemp("decoder_site"), tmp_path_factory.mktemp("decoder_ckpt")
+    nca, config = stable_random_nca("sobel3", work / "run", 0, "render=decoder", "render.scale=2")
+    torch.manual_seed(3)
+    nca.render = DecoderRender(nca.channels, scale=2, hidden=16, layers=2, omega=5.0)
+    with torch.no_grad():
+        nca.render.head.weight.mul_(4.0)  # a visible image: the head's initial weights are small
+    config["render"] = nca.render.config()
+    ckpt = save_checkpoint(nca, config, work / "decoder.ckpt", step=7)
+    assert demo_main(["export", str(ckpt), str(root / "decoder"), "--name", "decoder"]) == 0
+    server = make_server(root, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}", nca
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["js", "webgl"])
+def test_parity_with_pytorch_for_the_decoder_image(decoder_site, page, backend):
+    """The page's drawn image of the state it grew equals PyTorch's DecoderRender of that state (RGBA < 1e-3),
+    at 2x the grid, and the canvas shows it at that size."""
+    root, base, nca = decoder_site
+    meta = json.loads((root / "decoder" / "model.json").read_text())
+    assert meta["render"]["name"] == "decoder" and meta["grid"] == [GRID // 2, GRID // 2]
+    info = open_demo(page, f"{base}/decoder/index.html?backend={backend}&paused=1")
+    if backend == "webgl" and info["backend"] != "webgl":
+        pytest.skip(f"no WebGL2 in this headless Chromium ({info['error']}); the JS backend is tested")
+    page.evaluate("() => { nca.setFireRate(1); nca.reset(); nca.step(24); nca.render(); }")
+    state = read_state(page, info["meta"])
+    h, w = meta["grid"]
+    image = np.asarray(page.evaluate("() => nca.readImageArray()"), dtype=np.float32).reshape(4, 2 * h, 2 * w)
+    with torch.no_grad():
+        reference = nca.render(torch.from_numpy(state.copy())[None])[0].numpy()
+    assert alive(state).sum() > 20 and np.abs(reference).max() > 0.1  # something is drawn
+    err = float(np.abs(image - reference).max())
+    assert err < PARITY_TOL, f"{backend}: max |decoder image error| {err}"
+    assert page.evaluate(
+        "() => [document.getElementById('board').width, document.getElementById('board').height]"
+    ) == [
+        2 * w,
+        2 * h,
+    ]

@@ -140,13 +140,21 @@ def test_a_decoder_checkpoint_resumes_and_evaluates_the_same_way(decoder_run, sm
 
 
 @pytest.mark.slow
-def test_a_decoder_model_is_not_exported_to_the_demo_yet(decoder_run, tmp_path):
-    from ncalab.demo import ExportError, export_checkpoint
+def test_a_decoder_model_exports_and_its_folder_evaluates_like_its_checkpoint(decoder_run, tmp_path):
+    from ncalab.demo import export_checkpoint
+    from ncalab.evaluate import evaluate_model
 
     out, _ = decoder_run
-    with pytest.raises(ExportError, match=r"render=decoder \(render\.scale=2\).*cannot run it yet"):
-        export_checkpoint(out / "checkpoints" / "last.ckpt", tmp_path / "site")
-    assert not (tmp_path / "site").exists() or not any((tmp_path / "site").iterdir())
+    ckpt = out / "checkpoints" / "last.ckpt"
+    export_checkpoint(ckpt, tmp_path / "site")
+    meta = json.loads((tmp_path / "site" / "model.json").read_text())
+    assert meta["grid"] == [10, 10] and meta["render"]["name"] == "decoder" and meta["render"]["scale"] == 2
+    assert {"render_w0", "render_b1", "render_head_w"} <= set(meta["tensors"])
+    kwargs = {"rollouts": 1, "long_run_steps": (16,), "grow_steps": 8, "regrow_steps": 4}
+    from_folder = evaluate_model(tmp_path / "site", **kwargs)
+    from_checkpoint = evaluate_model(ckpt, **kwargs)
+    assert from_folder["loss"] == pytest.approx(from_checkpoint["loss"], rel=1e-5)
+    assert from_folder["regeneration"]["pattern_box"] == from_checkpoint["regeneration"]["pattern_box"]
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import torch
 from ncalab.errors import NCALabError
 from ncalab.nca import NCA
 from ncalab.perception import Perception
+from ncalab.render import build_render, decoder_tensors, load_decoder_tensors
 
 __all__ = ["MODEL_FORMAT", "ModelFolderError", "StoredPerception", "is_model_folder", "load_model_folder"]
 
@@ -110,7 +111,9 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_tensors(folder: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _read_tensors(
+    folder: Path, meta: dict[str, Any], keys: tuple[str, ...] = TENSORS
+) -> dict[str, torch.Tensor]:
     name = meta.get("weights", "model.bin")
     if not isinstance(name, str) or not name or Path(name).name != name:
         raise _fail(folder, f"model.json names weights file {name!r}, not a file name in the folder")
@@ -129,7 +132,7 @@ def _read_tensors(folder: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]
     if not isinstance(table, dict):
         raise _fail(folder, "model.json has no tensor table ('tensors')")
     tensors = {}
-    for key in TENSORS:
+    for key in keys:
         entry = table.get(key)
         try:
             offset = int(entry["offset"])
@@ -192,6 +195,17 @@ def load_model_folder(path: str | Path) -> tuple[NCA, dict[str, Any]]:
         )
     except ValueError as exc:
         raise _fail(folder, str(exc)) from exc
+    render_node = meta.get("render")
+    if render_node is not None and render_node != {"name": "cells", "scale": 1}:
+        try:
+            render = build_render(render_node, channels, alive_threshold)
+            names = tuple(decoder_tensors(render))
+            load_decoder_tensors(render, _read_tensors(folder, meta, names))
+        except ModelFolderError:
+            raise
+        except (NCALabError, ValueError) as exc:
+            raise _fail(folder, f"its renderer ({render_node!r}) does not build: {exc}") from exc
+        nca.render = render.eval()
     with torch.no_grad():
         first, last = nca.update[0], nca.update[2]
         first.weight.copy_(w1.view(hidden, perception.out_channels, 1, 1))

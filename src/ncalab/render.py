@@ -159,3 +159,38 @@ def build_render(node: dict | None, channels: int, alive_threshold: float = 0.1)
             f"render.{unknown[0]} is not a setting of render=decoder; accepted: {', '.join(sorted(known))}"
         )
     return DecoderRender(channels=channels, alive_threshold=alive_threshold, **settings)
+
+
+def decoder_tensors(render: Renderer) -> dict[str, torch.Tensor]:
+    """A decoder's weights as plain float32 matrices, the layout an exported model folder holds (and the browser
+    reads): ``render_w<i>`` (out x in) and ``render_b<i>`` per sine layer, ``render_head_w`` (4 x hidden) and
+    ``render_head_b``. Empty for the per-cell renderer."""
+    if not isinstance(render, DecoderRender):
+        return {}
+    tensors: dict[str, torch.Tensor] = {}
+    for i, conv in enumerate(render.body):
+        tensors[f"render_w{i}"] = conv.weight.detach().float().cpu()[:, :, 0, 0].contiguous()
+        tensors[f"render_b{i}"] = conv.bias.detach().float().cpu()
+    tensors["render_head_w"] = render.head.weight.detach().float().cpu()[:, :, 0, 0].contiguous()
+    tensors["render_head_b"] = render.head.bias.detach().float().cpu()
+    return tensors
+
+
+def load_decoder_tensors(render: Renderer, tensors: dict[str, torch.Tensor]) -> None:
+    """Put :func:`decoder_tensors`' layout back into ``render`` (shapes checked: ``ValueError`` naming the
+    tensor)."""
+    if not isinstance(render, DecoderRender):
+        return
+    targets = [(f"render_w{i}", conv.weight) for i, conv in enumerate(render.body)]
+    targets += [(f"render_b{i}", conv.bias) for i, conv in enumerate(render.body)]
+    targets += [("render_head_w", render.head.weight), ("render_head_b", render.head.bias)]
+    with torch.no_grad():
+        for key, param in targets:
+            if key not in tensors:
+                raise ValueError(f"tensor {key!r} is missing")
+            value = tensors[key]
+            if value.numel() != param.numel():
+                raise ValueError(
+                    f"tensor {key!r} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
+                )
+            param.copy_(value.reshape(param.shape))

@@ -52,6 +52,7 @@ from torch import nn
 from ncalab.errors import NCALabError, kind_of
 from ncalab.nca import NCA
 from ncalab.perception import Perception
+from ncalab.render import decoder_tensors
 
 __all__ = [
     "DEFAULT_PRETRAINED",
@@ -120,11 +121,6 @@ def model_tensors(nca: NCA) -> dict[str, torch.Tensor]:
     contract's ``operator_weight()`` and ``response_scale()`` (``ncalab.perception.Perception``), then the update
     network. A bank of mixed kernel sizes arrives already zero-padded to its largest size."""
     p = nca.perception
-    if nca.render.scale != 1:
-        raise ExportError(
-            f"this model draws its image with render={nca.render.name} (render.scale={nca.render.scale}); the "
-            "browser demo draws one pixel per cell and cannot run it yet"
-        )
     if type(p).forward is not Perception.forward:
         raise ExportError(
             f"perception {p.name!r} ({type(p).__name__}) computes its own forward: the page runs only what "
@@ -145,6 +141,7 @@ def model_tensors(nca: NCA) -> dict[str, torch.Tensor]:
         "b1": (conv1.bias if conv1.bias is not None else torch.zeros(hidden)).detach().float().cpu(),
         "w2": conv2.weight.detach().float().cpu().reshape(nca.channels, hidden),
         "b2": (conv2.bias if conv2.bias is not None else torch.zeros(nca.channels)).detach().float().cpu(),
+        **decoder_tensors(nca.render),  # render=decoder: the per-pixel network the page draws the image with
     }
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
@@ -168,6 +165,7 @@ def _target_preview(config: dict[str, Any], folder: Path) -> str | None:
             int(data.get("padding", 16)),
             bool(data.get("allow_upscale", False)),
             bool(data.get("seed_on_pattern", False)),
+            cell=int((config.get("render") or {}).get("scale", 1)),
         )
     except Exception:  # noqa: BLE001 - a preview is optional; the model works without it
         return None
@@ -177,7 +175,8 @@ def _target_preview(config: dict[str, Any], folder: Path) -> str | None:
     return "target.png"
 
 
-def _grid(config: dict[str, Any], grid: tuple[int, int] | None) -> list[int]:
+def _grid(config: dict[str, Any], grid: tuple[int, int] | None, scale: int = 1) -> list[int]:
+    """The cell grid: given, or the run's image side (target_size + 2 x padding) over the renderer's scale."""
     if grid is not None:
         return [int(grid[0]), int(grid[1])]
     data = config.get("data") or {}
@@ -185,7 +184,7 @@ def _grid(config: dict[str, Any], grid: tuple[int, int] | None) -> list[int]:
         side = int(data["target_size"]) + 2 * int(data["padding"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ExportError("the run config has no data.target_size/data.padding: pass the grid size") from exc
-    return [side, side]
+    return [side // scale, side // scale]
 
 
 def written_by_export(folder: Path) -> bool:
@@ -271,7 +270,8 @@ def export_model(
         "hidden": int(tensors["w1"].shape[0]),
         "fire_rate": float(nca.fire_rate),
         "alive_threshold": float(nca.alive_threshold),
-        "grid": _grid(config, grid),
+        "grid": _grid(config, grid, nca.render.scale),
+        "render": nca.render.config(),  # cells: one pixel per cell; decoder: the image is grid x scale pixels
         "dtype": "float32",
         "byte_order": "little",
         "weights": "model.bin",
@@ -279,7 +279,9 @@ def export_model(
         "tensors": table,
         "target": None,
         "info": info or {},
-        "config": {k: config[k] for k in ("perception", "model", "data", "rollout", "seed") if k in config},
+        "config": {
+            k: config[k] for k in ("perception", "render", "model", "data", "rollout", "seed") if k in config
+        },
     }
     for stale in (*MODEL_FILES, *INDEX_FILES):
         (folder / stale).unlink(missing_ok=True)

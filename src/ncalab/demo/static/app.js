@@ -215,16 +215,17 @@
     const m = ui.auto.model;
     if (ui.view === 'all') {
       const cols = Math.ceil(Math.sqrt(m.C));
-      return { cols, rows: Math.ceil(m.C / cols), gap: 1 };
+      return { cols, rows: Math.ceil(m.C / cols), gap: 1, px: 1 };
     }
-    return { cols: 1, rows: 1, gap: 0 };
+    // The image view of a decoder model is drawn at its real size: px pixels per cell side.
+    return { cols: 1, rows: 1, gap: 0, px: ui.view === 'rgb' ? m.px : 1 };
   }
 
   function render() {
     const auto = ui.auto, m = auto.model, { H, W, C } = m, HW = H * W;
     const x = auto.readState();
-    const { cols, rows, gap } = layout();
-    const cw = cols * W + (cols - 1) * gap, ch = rows * H + (rows - 1) * gap;
+    const { cols, rows, gap, px } = layout();
+    const cw = cols * W * px + (cols - 1) * gap, ch = rows * H * px + (rows - 1) * gap;
     if (board.width !== cw || board.height !== ch) {
       board.width = cw;
       board.height = ch;
@@ -234,9 +235,10 @@
     d.fill(255);
     const clamp = (v) => (v < 0 ? 0 : v > 1 ? 1 : v);
     if (ui.view === 'rgb') {
-      for (let i = 0; i < HW; i++) {
-        const a = clamp(x[3 * HW + i]);
-        for (let c = 0; c < 3; c++) d[4 * i + c] = Math.round(clamp(clamp(x[c * HW + i]) + 1 - a) * 255);
+      const v = auto.readImage(x), N = cw * ch; // the state's RGBA, or the decoder's image
+      for (let i = 0; i < N; i++) {
+        const a = clamp(v[3 * N + i]);
+        for (let c = 0; c < 3; c++) d[4 * i + c] = Math.round(clamp(clamp(v[c * N + i]) + 1 - a) * 255);
       }
     } else {
       // Diverging map: negative blue, zero white, positive red; |v| >= 1 saturates.
@@ -273,9 +275,9 @@
   // --- pointer: drag erases, a click without a drag plants a seed ------------------------------------------
   function cellAt(ev) {
     const r = board.getBoundingClientRect(), m = ui.auto.model;
-    const { gap } = layout();
-    const px = ((ev.clientX - r.left) / r.width) * board.width;
-    const py = ((ev.clientY - r.top) / r.height) * board.height;
+    const { gap, px: f } = layout();
+    const px = ((ev.clientX - r.left) / r.width) * board.width / f;
+    const py = ((ev.clientY - r.top) / r.height) * board.height / f;
     // Continuous cell coordinates: cell (i, j) covers [i, i+1) x [j, j+1), its centre is at (i, j) here.
     return [(py % (m.H + gap)) - 0.5, (px % (m.W + gap)) - 0.5];
   }
@@ -394,6 +396,8 @@
     step(n = 1) { advance(n); ui.auto.backend.sync(); return ui.auto.steps; },
     readState() { return ui.auto.readState(); },
     readStateArray() { return Array.from(ui.auto.readState()); },
+    // The drawn image (premultiplied RGBA, 4 x H*px x W*px; a decoder model's drawing at its real size).
+    readImageArray() { return Array.from(ui.auto.readImage()); },
     setState(x) { ui.auto.setState(Float32Array.from(x)); ui.dirty = true; },
     setFireRate(r) { ui.auto.fireRate = r; $('fire').value = String(r); $('fire-out').textContent = (+r).toFixed(2); },
     reset(seed) { ui.auto.reset(seed); ui.dirty = true; },

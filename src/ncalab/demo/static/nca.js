@@ -70,6 +70,23 @@
       this.b1 = tensor('b1', this.hidden);
       this.w2 = tensor('w2', C * this.hidden); // [c][h]
       this.b2 = tensor('b2', C);
+      // How the image is drawn: one pixel per cell, or a per-pixel decoder at `px` pixels per cell side.
+      const render = meta.render || { name: 'cells', scale: 1 };
+      this.renderName = render.name;
+      this.px = render.name === 'decoder' ? render.scale : 1;
+      if (render.name === 'decoder') {
+        const dh = render.hidden, layers = render.layers;
+        this.decoder = { hidden: dh, layers, omega: render.omega, w: [], b: [] };
+        for (let i = 0; i < layers; i++) {
+          const inputs = i === 0 ? C + 2 : dh;
+          this.decoder.w.push(tensor('render_w' + i, dh * inputs)); // [out][in]
+          this.decoder.b.push(tensor('render_b' + i, dh));
+        }
+        this.decoder.hw = tensor('render_head_w', 4 * dh); // [4][hidden]
+        this.decoder.hb = tensor('render_head_b', 4);
+      } else if (render.name !== 'cells') {
+        throw new Error('this page cannot draw render=' + render.name);
+      }
     }
 
     static fromEmbedded(obj) {
@@ -151,6 +168,62 @@
   }
 
   // Plain JavaScript: Float32Array storage (values round to float32 on every store, as in PyTorch).
+  // render=decoder: the image (premultiplied RGBA, 4 x H*px x W*px, float32) drawn from the cell state x as
+  // ncalab.render.DecoderRender draws it: the state bilinearly upsampled (PyTorch's align_corners=False), the
+  // pixel's offset inside its cell, sine layers, a linear head, and pixels of dead cells transparent.
+  function decodeImage(m, x) {
+    const { C, H, W, px, threshold } = m, d = m.decoder, HW = H * W;
+    const IH = H * px, IW = W * px, IHW = IH * IW;
+    const out = new Float32Array(4 * IHW);
+    const alive = new Uint8Array(HW);
+    alivePool(x.subarray(3 * HW, 4 * HW), H, W, threshold, alive);
+    const inputs = new Float64Array(C + 2);
+    let h = new Float64Array(d.hidden), g = new Float64Array(d.hidden);
+    const src = (o, n) => {
+      // PyTorch's source index for upsampling by an integer factor, clamped below at 0
+      let s = (o + 0.5) / px - 0.5;
+      if (s < 0) s = 0;
+      const i0 = Math.min(Math.floor(s), n - 1), i1 = Math.min(i0 + 1, n - 1);
+      return [i0, i1, s - i0];
+    };
+    for (let py = 0; py < IH; py++) {
+      const [y0, y1, ly] = src(py, H);
+      const cy = Math.floor(py / px);
+      for (let qx = 0; qx < IW; qx++) {
+        const cx = Math.floor(qx / px), o = py * IW + qx;
+        if (!alive[cy * W + cx]) continue; // stays 0: transparent
+        const [x0, x1, lx] = src(qx, W);
+        for (let c = 0; c < C; c++) {
+          const b = c * HW;
+          const top = Math.fround((1 - lx) * x[b + y0 * W + x0] + lx * x[b + y0 * W + x1]);
+          const bottom = Math.fround((1 - lx) * x[b + y1 * W + x0] + lx * x[b + y1 * W + x1]);
+          inputs[c] = Math.fround((1 - ly) * top + ly * bottom);
+        }
+        inputs[C] = ((py % px) + 0.5) / px - 0.5;
+        inputs[C + 1] = ((qx % px) + 0.5) / px - 0.5;
+        let prev = inputs, n = C + 2;
+        for (let l = 0; l < d.layers; l++) {
+          const w = d.w[l], bias = d.b[l], k = l === 0 ? d.omega : 1;
+          for (let u = 0; u < d.hidden; u++) {
+            let s = bias[u];
+            const r = u * n;
+            for (let q = 0; q < n; q++) s += w[r + q] * prev[q];
+            h[u] = Math.fround(Math.sin(Math.fround(s) * k));
+          }
+          prev = h; n = d.hidden;
+          const t = h; h = g; g = t;
+        }
+        for (let c = 0; c < 4; c++) {
+          let s = d.hb[c];
+          const r = c * d.hidden;
+          for (let u = 0; u < d.hidden; u++) s += d.hw[r + u] * prev[u];
+          out[c * IHW + o] = s;
+        }
+      }
+    }
+    return out;
+  }
+
   class CpuBackend {
     constructor(model) {
       this.name = 'js';
@@ -606,6 +679,11 @@
     }
 
     readState() { return this.backend.readState(); }
+    // The drawn image, premultiplied RGBA 4 x H*px x W*px: the state's channels 0-3, or the decoder's drawing.
+    readImage(state) {
+      const x = state || this.readState(), m = this.model;
+      return m.px > 1 ? decodeImage(m, x) : x.slice(0, 4 * m.H * m.W);
+    }
     setState(x) { this.backend.setState(x); }
     erase(row, col, radius) { this.backend.edit((x) => eraseDisc(x, this.model, row, col, radius)); }
     eraseMany(discs) {
@@ -622,5 +700,5 @@
     }
   }
 
-  global.NCALab = { FORMAT, NCAModel, CpuBackend, WebGLBackend, Automaton, mulberry32, base64ToBuffer };
+  global.NCALab = { FORMAT, NCAModel, CpuBackend, WebGLBackend, Automaton, mulberry32, base64ToBuffer, decodeImage };
 })(window);
