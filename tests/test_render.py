@@ -135,7 +135,10 @@ def test_a_decoder_checkpoint_resumes_and_evaluates_the_same_way(decoder_run, sm
     result = evaluate_model(ckpt, rollouts=1, long_run_steps=(16,), grow_steps=8, regrow_steps=4)
     saved = json.loads((out / "evaluation.json").read_text())
     assert result["horizon"] == saved["horizon"] and 0 <= result["loss"] < 1
-    with pytest.raises(CheckpointError, match=r"render: checkpoint has .*decoder.*this run has .*cells"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)render: checkpoint has .*decoder.*this run has .*cells.*e\.g\. render=decoder render\.scale=2",
+    ):
         run(smoke_cfg(f"ckpt_path={ckpt}", "trainer.max_steps=6", out=tmp_path / "cells"))
 
 

@@ -148,11 +148,17 @@ def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: str | P
         elif a != b:
             diffs.append(f"  {key}: checkpoint has {a}, this run has {b}")
     if diffs:
+        example = _perception_override(saved.get("perception"))
+        render = _select(saved, "render")
+        if render != _select(config, "render") and isinstance(render, dict):
+            example = " ".join(
+                [f"render={render.get('name')}"]
+                + [f"render.{k}={v}" for k, v in render.items() if k != "name" and render.get("name") != "cells"]
+            )
         raise CheckpointError(
             f"ckpt_path={str(path)!r} does not match this run:\n"
             + "\n".join(diffs)
-            + f"\nResume with the checkpoint's settings (e.g. {_perception_override(saved.get('perception'))}) "
-            "or start a new run without ckpt_path."
+            + f"\nResume with the checkpoint's settings (e.g. {example}) or start a new run without ckpt_path."
         )
 
 
