@@ -352,3 +352,27 @@ def test_evaluation_cuts_the_centre_of_the_pattern(smoke_checkpoint):
     result = evaluate_model(smoke_checkpoint, **SMALL)
     top, bottom, left, right = result["regeneration"]["pattern_box"]
     assert 0 <= top < bottom and 0 <= left < right
+
+
+def test_the_long_run_trace_tells_a_moving_pattern_from_hidden_drift():
+    from ncalab.evaluate import shape_trace
+
+    target = _square_target().unsqueeze(0)
+    x = _state_of(target[0])
+    still = shape_trace(x[:, :4], x, target)
+    assert still == {"excess": 0.0, "missing": 0.0, "hidden_max": 0.0}
+    moved = torch.roll(x, shifts=2, dims=-1)  # the square two cells to the right: half outside, half missing
+    t = shape_trace(moved[:, :4], moved, target)
+    assert t["excess"] == pytest.approx(8.0) and t["missing"] == pytest.approx(8.0)
+    drifted = x.clone()
+    drifted[:, 7] = 5.0
+    assert shape_trace(drifted[:, :4], drifted, target)["hidden_max"] == 5.0
+
+
+def test_the_long_run_reports_its_trace_at_each_check():
+    target = _square_target()
+    result = long_run(_identity_nca(), _state_of(target), target, (10, 100), horizon_loss=0.0)
+    assert result["trace"] == {
+        "10": {"excess": 0.0, "missing": 0.0, "hidden_max": 0.0},
+        "100": {"excess": 0.0, "missing": 0.0, "hidden_max": 0.0},
+    }

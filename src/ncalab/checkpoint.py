@@ -153,7 +153,11 @@ def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: str | P
         if render != _select(config, "render") and isinstance(render, dict):
             example = " ".join(
                 [f"render={render.get('name')}"]
-                + [f"render.{k}={v}" for k, v in render.items() if k != "name" and render.get("name") != "cells"]
+                + [
+                    f"render.{k}={v}"
+                    for k, v in render.items()
+                    if k != "name" and render.get("name") != "cells"
+                ]
             )
         raise CheckpointError(
             f"ckpt_path={str(path)!r} does not match this run:\n"

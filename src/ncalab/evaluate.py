@@ -39,7 +39,7 @@ from ncalab.media import (
     write_video,
 )
 from ncalab.metrics import per_sample_loss, psnr, ssim
-from ncalab.nca import NCA, to_rgb
+from ncalab.nca import ALPHA, NCA, to_rgb
 from ncalab.targets import load_target
 
 __all__ = [
@@ -152,6 +152,7 @@ def long_run(
     target = target.to(x0.device)
     marks = parse_steps(steps)
     losses: dict[str, float | None] = {}
+    trace: dict[str, dict[str, float | None]] = {}
     checks: list[tuple[int, float | None]] = []
     non_finite = False
     x, done = x0, 0
@@ -169,8 +170,10 @@ def long_run(
                     last_said = now
             finite = bool(torch.isfinite(x).all())
             non_finite = non_finite or not finite
-            loss = _finite(float(per_sample_loss(nca.render(x), target).mean()))
+            image = nca.render(x)
+            loss = _finite(float(per_sample_loss(image, target).mean()))
             losses[str(mark)] = loss
+            trace[str(mark)] = shape_trace(image, x, target)
             checks.append((mark, loss if finite else None))
     return {
         "loss": losses,
@@ -178,6 +181,28 @@ def long_run(
         "holds_steps": holds_steps(checks, horizon_loss, factor),
         "hold_factor": factor,
         "reference_loss": _finite(horizon_loss),
+        "trace": trace,
+    }
+
+
+def shape_trace(image: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> dict[str, float | None]:
+    """How a pattern differs from its target, to tell slow failures apart (means over the batch):
+
+    - ``excess``: alpha drawn above the target's, summed over pixels (``max(alpha - target, 0)``): growth or drift
+      out of the shape;
+    - ``missing``: alpha missing below the target's, summed (``max(target - alpha, 0)``): holes, or the shape
+      leaving;
+    - ``hidden_max``: the largest absolute value of a hidden channel: hidden-state drift.
+
+    A pattern that moves shows ``excess`` and ``missing`` growing together; an edge that creeps, ``excess`` alone;
+    hidden drift, ``hidden_max`` growing before the rest."""
+    alpha = image[:, ALPHA].clamp(0.0, 1.0)
+    wanted = target[:, ALPHA]
+    hidden = x[:, ALPHA + 1 :]
+    return {
+        "excess": _finite(float((alpha - wanted).clamp(min=0.0).sum(dim=(1, 2)).mean())),
+        "missing": _finite(float((wanted - alpha).clamp(min=0.0).sum(dim=(1, 2)).mean())),
+        "hidden_max": _finite(float(hidden.abs().max())) if hidden.numel() else 0.0,
     }
 
 
@@ -444,12 +469,19 @@ def format_evaluation(result: dict[str, Any]) -> str:
     ref = lr.get("reference_loss")
     bound = None if ref is None else lr["hold_factor"] * ref
     lines.append(f"persistence: holds while loss <= {lr['hold_factor']:g} x {_fmt(ref)} = {_fmt(bound)}")
-    lines.append(f"  {'step':>8}  {'loss':>10}  {'x horizon':>9}  holds")
+    lines.append(
+        f"  {'step':>8}  {'loss':>10}  {'x horizon':>9}  holds  {'excess':>8}  {'missing':>8}  |hidden|"
+    )
     still = True
+    trace = lr.get("trace") or {}
     for step, loss in sorted(lr["loss"].items(), key=lambda kv: int(kv[0])):
         ratio = loss / ref if loss is not None and ref else None
         still = still and int(step) <= lr["holds_steps"]
-        lines.append(f"  {step:>8}  {_fmt(loss):>10}  {_fmt(ratio, '.2f'):>9}  {'yes' if still else 'no'}")
+        t = trace.get(step) or {}
+        lines.append(
+            f"  {step:>8}  {_fmt(loss):>10}  {_fmt(ratio, '.2f'):>9}  {'yes' if still else 'no ':<5}  "
+            f"{_fmt(t.get('excess'), '.1f'):>8}  {_fmt(t.get('missing'), '.1f'):>8}  {_fmt(t.get('hidden_max'), '.2f')}"
+        )
     lines.append(
         f"  holds_steps: {lr['holds_steps']}" + ("  (a state went non-finite)" if lr["non_finite"] else "")
     )

@@ -31,7 +31,8 @@ stop)
     The result of :func:`ncalab.evaluate.measure_nca` (what ``python -m ncalab.evaluate`` prints). Keys:
     :data:`EVALUATION_KEYS`: ``horizon``, ``rollouts``, ``loss``, ``psnr``, ``ssim`` (after ``horizon`` steps
     from the seed, over ``rollouts`` rollouts); ``long_run`` (:data:`LONG_RUN_KEYS`: ``loss`` {step: loss or
-    ``null``}, ``non_finite``, ``holds_steps``, ``hold_factor``, ``reference_loss``); ``regeneration``
+    ``null``}, ``non_finite``, ``holds_steps``, ``hold_factor``, ``reference_loss``, ``trace`` {step: {``excess``,
+    ``missing``, ``hidden_max``}}: :func:`ncalab.evaluate.shape_trace`); ``regeneration``
     (:data:`REGENERATION_KEYS`: ``grow_steps``, ``regrow_steps``, ``recovery_factor``, ``recovery_reference_loss``,
     ``recovery_threshold``, ``undamaged_loss``, ``undamaged_psnr``, ``grown_psnr_min``, ``grown``,
     ``pattern_box``, ``regrown`` (how many cuts regrew), and one object per cut region ``left``, ``right``,
@@ -152,7 +153,7 @@ SUMMARY_KEYS = (
 
 # --- evaluation.json
 EVALUATION_KEYS = ("horizon", "rollouts", "loss", "psnr", "ssim", "long_run", "regeneration")
-LONG_RUN_KEYS = ("loss", "non_finite", "holds_steps", "hold_factor", "reference_loss")
+LONG_RUN_KEYS = ("loss", "non_finite", "holds_steps", "hold_factor", "reference_loss", "trace")
 REGENERATION_KEYS = (
     "grow_steps",
     "regrow_steps",
