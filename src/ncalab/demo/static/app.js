@@ -235,7 +235,7 @@
     d.fill(255);
     const clamp = (v) => (v < 0 ? 0 : v > 1 ? 1 : v);
     if (ui.view === 'rgb') {
-      const v = auto.readImage(x), N = cw * ch; // the state's RGBA, or the decoder's image
+      const v = m.px > 1 ? auto.readImage() : auto.readImage(x), N = cw * ch; // the state's RGBA, or the decoder's image
       for (let i = 0; i < N; i++) {
         const a = clamp(v[3 * N + i]);
         for (let c = 0; c < 3; c++) d[4 * i + c] = Math.round(clamp(clamp(v[c * N + i]) + 1 - a) * 255);

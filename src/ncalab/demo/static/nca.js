@@ -615,6 +615,130 @@
       this.setState(x);
     }
 
+    // render=decoder: the image drawn on the GPU, one fragment per pixel (ncalab.render.DecoderRender, as
+    // decodeImage computes it in JavaScript). Weight texture (vec4 per texel):
+    //   layer 0, per unit u: T vec4 (weights of channels 4t..4t+3), vec4(w_offset_y, w_offset_x, bias, 0)
+    //   layer l > 0, per unit u: D4 vec4 (weights of units 4v..4v+3), vec4(bias, 0, 0, 0)
+    //   head, per output c: D4 vec4, then vec4(bias of the four outputs)
+    buildDecoder() {
+      const m = this.model, d = m.decoder, gl = this.gl, T = this.T, C = m.C;
+      const D = d.hidden, D4 = Math.ceil(D / 4), IW = m.W * m.px, IH = m.H * m.px;
+      const total = D * (T + 1) + (d.layers - 1) * D * (D4 + 1) + 4 * D4 + 1;
+      const rows = Math.ceil(total / WCOLS);
+      const data = new Float32Array(rows * WCOLS * 4);
+      let v = 0;
+      const L0 = 0;
+      for (let u = 0; u < D; u++) {
+        const w = d.w[0], r = u * (C + 2);
+        for (let c = 0; c < C; c++) data[4 * (v + (c >> 2)) + (c & 3)] = w[r + c];
+        v += T;
+        data[4 * v] = w[r + C];
+        data[4 * v + 1] = w[r + C + 1];
+        data[4 * v + 2] = d.b[0][u];
+        v += 1;
+      }
+      const LN = v;
+      for (let l = 1; l < d.layers; l++) {
+        for (let u = 0; u < D; u++) {
+          for (let q = 0; q < D; q++) data[4 * (v + (q >> 2)) + (q & 3)] = d.w[l][u * D + q];
+          v += D4;
+          data[4 * v] = d.b[l][u];
+          v += 1;
+        }
+      }
+      const HEAD = v;
+      for (let c = 0; c < 4; c++) {
+        for (let q = 0; q < D; q++) data[4 * (v + (q >> 2)) + (q & 3)] = d.hw[c * D + q];
+        v += D4;
+      }
+      for (let c = 0; c < 4; c++) data[4 * v + c] = d.hb[c];
+      this.decoderTex = this.makeTexture(gl.RGBA32F, WCOLS, rows, gl.RGBA, gl.FLOAT, data);
+      const range = (a) => Array.from({ length: a }, (_, i) => i);
+      const src = '#version 300 es\nprecision highp float;\nprecision highp int;\nprecision highp sampler2D;\n' +
+        'const int W = ' + m.W + ', H = ' + m.H + ', PX = ' + m.px + ', D = ' + D + ', D4 = ' + D4 + ';\n' +
+        'uniform float u_thr;\nuniform float u_omega;\nuniform sampler2D u_dw;\n' +
+        range(T).map((t) => 'uniform sampler2D u_s' + t + ';\n').join('') +
+        'layout(location = 0) out vec4 o0;\n' +
+        'vec4 dw(int i) { return texelFetch(u_dw, ivec2(i & ' + (WCOLS - 1) + ', i >> ' + Math.log2(WCOLS) + '), 0); }\n' +
+        'float srcIndex(int o, int n, out int i0, out int i1) {\n' +
+        '  float s = max((float(o) + 0.5) / float(PX) - 0.5, 0.0);\n' +
+        '  i0 = min(int(floor(s)), n - 1); i1 = min(i0 + 1, n - 1);\n' +
+        '  return s - float(i0);\n}\n' +
+        'void main() {\n' +
+        '  ivec2 q = ivec2(gl_FragCoord.xy);\n' +
+        '  ivec2 cell = q / PX;\n' +
+        '  float amax = 0.0;\n' +
+        '  for (int dy = -1; dy <= 1; dy++) for (int dx = -1; dx <= 1; dx++) {\n' +
+        '    ivec2 p = cell + ivec2(dx, dy);\n' +
+        '    if (p.x >= 0 && p.y >= 0 && p.x < W && p.y < H) amax = max(amax, texelFetch(u_s0, p, 0).a);\n' +
+        '  }\n' +
+        '  if (!(amax > u_thr)) { o0 = vec4(0.0); return; }\n' +
+        '  int y0, y1, x0, x1;\n' +
+        '  float ly = srcIndex(q.y, H, y0, y1), lx = srcIndex(q.x, W, x0, x1);\n' +
+        range(T).map((t) => '  vec4 in' + t + ' = mix(mix(texelFetch(u_s' + t + ', ivec2(x0, y0), 0), texelFetch(u_s' + t +
+          ', ivec2(x1, y0), 0), lx), mix(texelFetch(u_s' + t + ', ivec2(x0, y1), 0), texelFetch(u_s' + t +
+          ', ivec2(x1, y1), 0), lx), ly);\n').join('') +
+        '  vec2 off = (vec2(q % PX) + 0.5) / float(PX) - 0.5;\n' +
+        '  vec4 h[D4], g[D4];\n' +
+        '  for (int j = 0; j < D4; j++) { h[j] = vec4(0.0); g[j] = vec4(0.0); }\n' +
+        '  for (int u = 0; u < D; u++) {\n' +
+        '    int base = ' + L0 + ' + u * ' + (T + 1) + ';\n' +
+        '    vec4 e = dw(base + ' + T + ');\n' +
+        '    float a = e.z + e.x * off.y + e.y * off.x' +
+        range(T).map((t) => ' + dot(in' + t + ', dw(base + ' + t + '))').join('') + ';\n' +
+        '    h[u >> 2][u & 3] = sin(a * u_omega);\n' +
+        '  }\n' +
+        range(d.layers - 1).map((l) =>
+          '  for (int u = 0; u < D; u++) {\n' +
+          '    int base = ' + (LN + l * D * (D4 + 1)) + ' + u * ' + (D4 + 1) + ';\n' +
+          '    float a = dw(base + D4).x;\n' +
+          '    for (int j = 0; j < D4; j++) a += dot(' + (l % 2 === 0 ? 'h' : 'g') + '[j], dw(base + j));\n' +
+          '    ' + (l % 2 === 0 ? 'g' : 'h') + '[u >> 2][u & 3] = sin(a);\n' +
+          '  }\n').join('') +
+        '  vec4 out4 = dw(' + (HEAD + 4 * D4) + ');\n' +
+        '  for (int c = 0; c < 4; c++) {\n' +
+        '    float a = 0.0;\n' +
+        '    for (int j = 0; j < D4; j++) a += dot(' + ((d.layers - 1) % 2 === 0 ? 'h' : 'g') + '[j], dw(' + HEAD + ' + c * D4 + j));\n' +
+        '    out4[c] += a;\n' +
+        '  }\n' +
+        '  o0 = out4;\n}\n';
+      this.decodeSource = src;
+      this.decode = this.compile(src);
+      gl.useProgram(this.decode);
+      for (let t = 0; t < T; t++) gl.uniform1i(gl.getUniformLocation(this.decode, 'u_s' + t), t);
+      gl.uniform1i(gl.getUniformLocation(this.decode, 'u_dw'), T);
+      gl.uniform1f(gl.getUniformLocation(this.decode, 'u_thr'), m.threshold);
+      gl.uniform1f(gl.getUniformLocation(this.decode, 'u_omega'), d.omega);
+      this.imageTex = this.makeTexture(gl.RGBA32F, IW, IH, gl.RGBA, gl.FLOAT, null);
+      this.imageFbo = gl.createFramebuffer();
+      gl.bindFramebuffer(gl.FRAMEBUFFER, this.imageFbo);
+      gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.TEXTURE_2D, this.imageTex, 0);
+      gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+      this.imageTmp = new Float32Array(IW * IH * 4);
+    }
+
+    readImage() {
+      const m = this.model, gl = this.gl, T = this.T, IW = m.W * m.px, IH = m.H * m.px, N = IW * IH;
+      if (!this.decode) this.buildDecoder();
+      const a = this.sets[this.cur];
+      for (let t = 0; t < T; t++) this.bindTex(t, a.texs[t]);
+      this.bindTex(T, this.decoderTex);
+      gl.bindFramebuffer(gl.DRAW_FRAMEBUFFER, this.imageFbo);
+      gl.drawBuffers([gl.COLOR_ATTACHMENT0]);
+      gl.viewport(0, 0, IW, IH);
+      gl.useProgram(this.decode);
+      gl.bindVertexArray(this.vao);
+      gl.drawArrays(gl.TRIANGLES, 0, 3);
+      gl.bindFramebuffer(gl.DRAW_FRAMEBUFFER, null);
+      gl.bindFramebuffer(gl.READ_FRAMEBUFFER, this.imageFbo);
+      gl.readBuffer(gl.COLOR_ATTACHMENT0);
+      gl.readPixels(0, 0, IW, IH, gl.RGBA, gl.FLOAT, this.imageTmp);
+      gl.bindFramebuffer(gl.READ_FRAMEBUFFER, null);
+      const out = new Float32Array(4 * N), tmp = this.imageTmp;
+      for (let c = 0; c < 4; c++) for (let i = 0; i < N; i++) out[c * N + i] = tmp[4 * i + c];
+      return out;
+    }
+
     dispose() {
       const lose = this.gl.getExtension('WEBGL_lose_context');
       if (lose) lose.loseContext(); // browsers keep only a few live contexts
@@ -681,7 +805,9 @@
     readState() { return this.backend.readState(); }
     // The drawn image, premultiplied RGBA 4 x H*px x W*px: the state's channels 0-3, or the decoder's drawing.
     readImage(state) {
-      const x = state || this.readState(), m = this.model;
+      const m = this.model;
+      if (m.px > 1 && !state && this.backend.readImage) return this.backend.readImage(); // on the GPU
+      const x = state || this.readState();
       return m.px > 1 ? decodeImage(m, x) : x.slice(0, 4 * m.H * m.W);
     }
     setState(x) { this.backend.setState(x); }
