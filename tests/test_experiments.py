@@ -227,7 +227,9 @@ EXPECTED = {
     ],
     "sweep_perception": [perception_job(p, s) for p in FIVE for s in (0, 1, 2)],
     "targets_cpu": [quickstart_job(f"emoji:{name}") for name in EMOJI],
-    "targets_long_cpu": [replace(quickstart_job(f"emoji:{name}"), train_steps=3000) for name in EMOJI],
+    "targets_long_cpu": [
+        replace(quickstart_job(f"emoji:{name}"), train_steps=3000, perception="sobel3") for name in EMOJI
+    ],
 }
 
 
@@ -323,7 +325,9 @@ def test_targets_cpu_trains_the_quickstart_recipe_on_eight_emoji():
     configs = [compose_train(job) for job in overrides]
     assert [cfg.data.target for cfg in configs] == [f"emoji:{name}" for name in EMOJI]
     assert [resolve_emoji(name).name for name in EMOJI] == list(EMOJI), "each target is an emoji of the set"
-    recipe = {k: v for k, v in settings(OmegaConf.load(QUICKSTART)).items() if k != "data.target"}
+    recipe = {
+        k: v for k, v in settings(OmegaConf.load(QUICKSTART)).items() if k not in ("data.target", "defaults")
+    }
     assert set(RECIPE_KEYS) <= set(recipe), "quickstart.yaml no longer sets the whole recipe"
     for cfg in configs:
         job = settings(cfg)
@@ -346,9 +350,11 @@ def test_targets_long_cpu_is_targets_cpu_at_the_shipped_models_length():
     flower = settings(OmegaConf.load(CONF / "experiment" / "pretrained_flower.yaml"))
     assert {k: flower[k] for k in TARGETS_LONG_OWN} == TARGETS_LONG_OWN
     own = [f"{k}={v}".replace(" ", "") for k, v in TARGETS_LONG_OWN.items()]
+    # ... and the recipe it was measured with, from before the quickstart's Laplacian, overflow penalty and cuts
+    measured_with = ["perception=sobel3", "loss.overflow_weight=0.0", "data.damage_shapes=[disc]"]
     assert len(long_jobs) == len(short_jobs) == 8
     for long_job, short_job in zip(long_jobs, short_jobs, strict=True):
-        assert compose_train(long_job) == compose_train([*short_job, *own])
+        assert compose_train(long_job) == compose_train([*short_job, *own, *measured_with])
 
 
 DRY_LAUNCHER = '''
