@@ -293,7 +293,7 @@ def demo_server(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "IDLE_TIMEOUT_S", 0.5)
     (tmp_path / "index.html").write_text("<p>hello</p>")
     server = demo.make_server(tmp_path, port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server.server_address[:2]
     server.shutdown()
