@@ -398,10 +398,10 @@ class NCADataModule(L.LightningDataModule):
                 f"{full_shape} (data.pool_size, model.channels, target grid); "
                 "resume with the settings the checkpoint was trained with"
             )
-        if pool.dtype != self.pool.states.dtype or not bool(torch.isfinite(pool).all()):
+        finite = pool.is_floating_point() and bool(torch.isfinite(pool).all())
+        if pool.dtype != self.pool.states.dtype or not finite:
             raise CheckpointError(
-                f"the checkpoint's sample pool is {pool.dtype} with "
-                f"{'finite' if pool.is_floating_point() and bool(torch.isfinite(pool).all()) else 'NaN or infinite'} "
+                f"the checkpoint's sample pool is {pool.dtype} with {'finite' if finite else 'NaN or infinite'} "
                 f"values, not {self.pool.states.dtype} with finite values; the file was altered or is damaged"
             )
         generators = state.get("generators")

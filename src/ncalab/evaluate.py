@@ -311,8 +311,9 @@ def _measure(
 
     # Regeneration after the Distill protocol, counted only for a grown pattern and a cut that did damage.
     base, growth = record_rollout(nca, nca.seed(1, h, w), grow_steps, seed=seed)
-    base_loss = float(per_sample_loss(render(base), target).mean())
-    base_psnr = psnr(to_rgb(render(base)), target_rgb)
+    base_image = render(base)
+    base_loss = float(per_sample_loss(base_image, target).mean())
+    base_psnr = psnr(to_rgb(base_image), target_rgb)
     grown_min = psnr(to_rgb(torch.zeros_like(target)), target_rgb) + grown_min_gain_db
     is_grown = bool(torch.isfinite(base).all()) and math.isfinite(base_loss) and base_psnr >= grown_min
     video_scale = max(1, 4 // scale)  # videos about 4 pixels per cell

@@ -341,14 +341,11 @@ def _train(
         check_weights(ckpt, module.state_dict(), cfg.ckpt_path)
         built = module.configure_optimizers()  # thrown away: Lightning builds the run's own
         check_training_state(ckpt, built["optimizer"], built["lr_scheduler"]["scheduler"], cfg.ckpt_path)
-        pool = ckpt.get(type(datamodule).__qualname__)
-        if pool is None:
+        if type(datamodule).__qualname__ not in ckpt:  # a saved pool is checked when Lightning restores it
             log.warning(
                 "ckpt_path=%s holds no sample pool: this run resumes the model and optimiser with a fresh pool",
                 cfg.ckpt_path,
             )
-        else:
-            datamodule.check_state(pool)
     # The process set-up first (in spawned DDP processes too), then the final checkpoint: it is saved before the
     # end-of-run callbacks that can fail or take long.
     callbacks: list[L.Callback] = [
