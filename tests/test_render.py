@@ -167,3 +167,31 @@ def test_render_cells_is_bit_for_bit_the_per_cell_training(smoke_cfg, tmp_path):
     a = run(smoke_cfg("~render", out=tmp_path / "without"))  # a config from before the choice existed
     b = run(smoke_cfg("render=cells", out=tmp_path / "cells"))
     assert a["train_loss"] == b["train_loss"] and a["eval_loss"] == b["eval_loss"]
+
+
+def test_the_cell_loss_compares_the_cells_with_the_target_averaged_over_each_cell():
+    from ncalab.lit_module import cell_loss
+
+    target = torch.rand(1, 4, 8, 12)
+    coarse = torch.nn.functional.avg_pool2d(target, 4)  # 2 x 3 cells
+    x = torch.zeros(3, 16, 2, 3)
+    x[:, :4] = coarse
+    assert float(cell_loss(x, target, 4)) == pytest.approx(0.0, abs=1e-12)
+    x[:, 3] += 0.5  # every cell's alpha off by 0.5: a quarter of the channels off by 0.5
+    assert float(cell_loss(x, target, 4)) == pytest.approx(0.25 / 4)
+
+
+def test_the_cell_loss_makes_cells_come_alive_where_the_image_is_opaque():
+    """With the drawn image masked by the alive cells, only the cell loss asks a dead cell under an opaque pixel to
+    come alive: a gradient reaches the update network through the cells' alpha."""
+    from ncalab.lit_module import cell_loss
+
+    torch.manual_seed(0)
+    nca = NCA(FixedPerception(16, ops=["sobel3_x", "sobel3_y"]), render=DecoderRender(16, scale=2, hidden=8))
+    target = torch.zeros(1, 4, 12, 12)
+    target[:, :, 2:10, 2:10] = 1.0
+    x = nca.rollout(seed_state(1, 16, 6, 6), 3)
+    loss = cell_loss(x, target, 2)
+    loss.backward()
+    assert float(loss) > 0.1
+    assert float(nca.update[-1].weight.grad.abs().sum()) > 0

@@ -75,6 +75,7 @@ RULES: dict[str, Rule] = {
     ),
     "loss.overflow_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "loss.overflow_bound": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "loss.cell_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "grad.mode": (lambda v: v in GRAD_MODES, " | ".join(GRAD_MODES)),
     "grad.max_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "trainer.max_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

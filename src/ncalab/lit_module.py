@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from ncalab.data import NCADataModule
 from ncalab.errors import CheckpointError
@@ -45,6 +46,14 @@ def overflow(x: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
     return (x - x.clamp(-bound, bound)).abs().mean()
 
 
+def cell_loss(x: torch.Tensor, target: torch.Tensor, scale: int) -> torch.Tensor:
+    """MSE of the cells' own RGBA (channels 0-3) against the target averaged over each cell's ``scale x scale``
+    pixels: with a decoder, what makes a cell alive where the image is opaque (the drawn image is masked by the
+    alive cells and gives no gradient there) and keeps the grid a coarse copy of the image."""
+    coarse = F.avg_pool2d(target, kernel_size=scale)
+    return per_sample_loss(x, coarse).mean()
+
+
 class NCALitModule(L.LightningModule):
     """Trains an :class:`NCA` to grow (and hold, and regrow) the DataModule's target.
 
@@ -63,6 +72,7 @@ class NCALitModule(L.LightningModule):
         grad_max_norm: float = 1.0,
         overflow_weight: float = 0.0,
         overflow_bound: float = 1.0,
+        cell_weight: float = 0.0,
         min_steps: int = 64,
         max_steps: int = 96,
         backprop_steps: int | None = None,
@@ -84,6 +94,7 @@ class NCALitModule(L.LightningModule):
         self.grad_max_norm = grad_max_norm
         self.overflow_weight = overflow_weight
         self.overflow_bound = overflow_bound
+        self.cell_weight = cell_weight
         self.min_steps = min_steps
         self.max_steps = max_steps
         self.backprop_steps = backprop_steps
@@ -126,6 +137,11 @@ class NCALitModule(L.LightningModule):
             total = loss + self.overflow_weight * over
         else:
             total = loss
+        scale = self.nca.render.scale
+        if self.cell_weight > 0 and scale > 1:
+            cells = cell_loss(x, target, scale)
+            self.log("train/cell_loss", cells.detach())
+            total = total + self.cell_weight * cells
         self._state_max = float(x.detach().abs().max())
         dm.write_back(idx, x)
         # Logged: the mean over all processes under DDP (a copy: reduce works in place); with one, the loss itself.

@@ -46,7 +46,7 @@ class NCA(nn.Module):
     the Distill model (the notebook's Keras layer keeps a zero-initialised one): a bias there adds the same vector
     to every firing cell at every step, and the smallest error in it accumulates into a drift of the whole state
     over thousands of steps. It mattered with a recipe that damaged most of each batch and hardly with the holding
-    recipe (README "A recipe that holds"); off is the safer default.
+    recipe (docs/experiments.md, "A recipe that holds"); off is the safer default.
 
     ``precision``: ``fp32`` or ``bf16`` (the update network in bfloat16, and the perception on GPU; state in float32).
     ``checkpoint_every``: ``None`` or k, gradient checkpointing of the rollout in segments of k steps.

@@ -88,6 +88,7 @@ def build_module(cfg: DictConfig, config: dict[str, Any] | None = None) -> NCALi
         grad_max_norm=cfg.grad.max_norm,
         overflow_weight=cfg.loss.overflow_weight,
         overflow_bound=cfg.loss.overflow_bound,
+        cell_weight=cfg.loss.get("cell_weight", 0.0),
         min_steps=cfg.rollout.min_steps,
         max_steps=cfg.rollout.max_steps,
         backprop_steps=cfg.rollout.backprop_steps,
