@@ -397,3 +397,20 @@ def test_a_sweep_value_with_a_colon_reads_as_typed(tmp_path, capsys):
     code, stdout, _ = run_main(capsys, root, "--markdown")
     assert code == 0
     assert "`data.target=emoji:snail`" in stdout and "emoji\\:" not in stdout
+
+
+def test_the_image_compared_at_a_common_size_shows_only_when_a_run_has_it(sweep, capsys):
+    code, out, _ = run_main(capsys, sweep, "--markdown")
+    assert code == 0 and "psnr@size_db" not in out
+    for job, value in (("0", 24.0), ("1", 22.0)):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        summary.update(at_size=128, psnr_at_size=value, ssim_at_size=0.9)
+        (sweep / job / "summary.json").write_text(json.dumps(summary))
+    code, out, err = run_main(capsys, sweep, "--markdown")
+    assert code == 0, err
+    runs = markdown_rows(out, "### Runs")
+    row0 = dict(zip(runs[0], runs[1], strict=True))
+    assert (row0["psnr@size_db"], row0["ssim@size"], row0["size_px"]) == ("24.00", "0.9", "128")
+    groups = markdown_rows(out, "### Mean ± sample std over seeds (finished runs)")
+    assert len(groups[0]) == 2 + len(runs[0]) - 3
+    assert dict(zip(groups[0], groups[1], strict=True))["psnr@size_db"].startswith("23.00 ±")

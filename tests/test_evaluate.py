@@ -376,3 +376,45 @@ def test_the_long_run_reports_its_trace_at_each_check():
         "10": {"excess": 0.0, "missing": 0.0, "hidden_max": 0.0},
         "100": {"excess": 0.0, "missing": 0.0, "hidden_max": 0.0},
     }
+
+
+def test_the_image_compared_at_a_common_size_is_the_fitted_square_resized():
+    """compare_at_size cuts the square the target was fitted into (the seed's shift included) and resizes it: the
+    training target itself scores as the target drawn at that size, exactly at its own size, closely when upscaled."""
+    from ncalab.evaluate import EvaluationError, compare_at_size
+    from ncalab.targets import load_target
+
+    data = {"target": "emoji:doughnut", "target_size": 24, "padding": 6, "seed_on_pattern": True}
+    trained = load_target("emoji:doughnut", 24, 6, on_seed=True).unsqueeze(
+        0
+    )  # moved: the seed is in the hole
+    assert not torch.equal(trained, load_target("emoji:doughnut", 24, 6).unsqueeze(0))
+    same = compare_at_size(trained.repeat(2, 1, 1, 1), data, 1, 24)
+    assert same["size"] == 24 and same["from_size"] == 24 and same["psnr"] == math.inf
+    up = compare_at_size(trained, data, 1, 96)
+    assert 10 < up["psnr"] < 40 and 0.4 < up["ssim"] < 1  # a 24 px image upscaled 4x loses its detail
+    blank = compare_at_size(torch.zeros_like(trained), data, 1, 96)
+    assert blank["psnr"] < up["psnr"] - 5 and blank["ssim"] < up["ssim"]
+    # A decoder's image (4 px per cell) is compared as drawn.
+    drawn = load_target("emoji:doughnut", 128, 16, on_seed=True, cell=4).unsqueeze(0)
+    data128 = {**data, "target_size": 128, "padding": 16}
+    assert compare_at_size(drawn, data128, 4, 128)["psnr"] == math.inf
+    with pytest.raises(
+        EvaluationError, match="comparing at 4000 px: the target .flower. is smaller than 4000 px"
+    ):
+        compare_at_size(trained, {**data, "target": "flower"}, 1, 4000)
+
+
+def test_cli_compares_at_a_size_and_refuses_a_bad_one(smoke_folder, capsys):
+    assert (
+        main(
+            [str(smoke_folder), "--long-run", "16", "--rollouts", "1", "--grow-steps", "8", "--at-size", "40"]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    at = json.loads(captured.out)["at_size"]
+    assert at["size"] == 40 and 0 < at["psnr"] < 100 and "at 40 px" in captured.err
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(smoke_folder), "--at-size", "2"])
+    assert exit_info.value.code == 2 and "--at-size" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
 from ncalab import run_folder
-from ncalab.evaluate import LONG_RUN_STEPS, measure_nca, parse_steps
+from ncalab.evaluate import LONG_RUN_STEPS, compare_at_size, measure_nca, parse_steps
 from ncalab.loggers import wandb_run
 from ncalab.media import (
     cell_box,
@@ -261,8 +261,12 @@ class RunEvaluation(L.Callback):
         regrow_steps: int = 200,
         seed: int = 0,
         scale: int = 4,
+        at_size: int | None = None,
     ):
         super().__init__()
+        if at_size is not None:
+            _check_ints(dict(at_size=at_size), dict(at_size=8))
+        self.at_size = at_size
         _check_ints(
             dict(
                 horizon=horizon,
@@ -305,6 +309,10 @@ class RunEvaluation(L.Callback):
         target = trainer.datamodule.target
         measured = measure_nca(nca, target, **self.kwargs)
         self.result = result = measured.result
+        data_config = getattr(pl_module, "hparams", {}).get("config", {}).get("data")
+        if self.at_size is not None and data_config:
+            result["at_size"] = compare_at_size(measured.image, data_config, nca.render.scale, self.at_size)
+        at = result.get("at_size") or {}
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / run_folder.EVALUATION_FILE).write_text(json.dumps(result, indent=2) + "\n")
 
@@ -340,6 +348,9 @@ class RunEvaluation(L.Callback):
             "divergences": len(getattr(guard, "events", [])),
             "divergence_events": list(getattr(guard, "events", [])),
             "stopped_by_guard": bool(getattr(pl_module, "stopped_by_guard", False)),
+            "at_size": at.get("size"),
+            "psnr_at_size": at.get("psnr"),
+            "ssim_at_size": at.get("ssim"),
         }
         (self.output_dir / run_folder.SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n")
 

@@ -56,8 +56,22 @@ RUN_COLUMNS = (
     ("steps", "steps", "int"),
     ("parameters", "params", "int"),
 )
+# Shown only when a run has them: the image compared at a common size (callbacks.evaluation.at_size).
+OPTIONAL_COLUMNS = (
+    ("psnr_at_size", "psnr@size_db", "psnr"),
+    ("ssim_at_size", "ssim@size", "float"),
+    ("at_size", "size_px", "int"),
+)
 # Every column is pooled over seeds (a yes/no column as the count of yes).
-AGGREGATE_KEYS = tuple(key for key, _, _ in RUN_COLUMNS)
+AGGREGATE_KEYS = tuple(key for key, _, _ in RUN_COLUMNS + OPTIONAL_COLUMNS)
+
+
+def columns(runs: list[RunRecord]) -> tuple[tuple[str, str, str], ...]:
+    """:data:`RUN_COLUMNS`, and those of :data:`OPTIONAL_COLUMNS` that some run has a number for."""
+    extra = tuple(c for c in OPTIONAL_COLUMNS if any(r.metric(c[0]) is not None for r in runs))
+    return RUN_COLUMNS + extra
+
+
 # The train loss a run must reach for ``steps_to_threshold`` (``--threshold``).
 LOSS_THRESHOLD = 0.01
 MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4", ".webm": "video/webm"}
@@ -441,10 +455,11 @@ def format_counts(group: Group) -> str:
 
 def format_table(runs: list[RunRecord], groups: list[Group]) -> str:
     """Per-run rows, then per-group aggregates, as aligned plain text."""
-    header = ["job", "overrides", "status", *(h for _, h, _ in RUN_COLUMNS)]
+    cols = columns(runs)
+    header = ["job", "overrides", "status", *(h for _, h, _ in cols)]
     rows = [
         [run.job, " ".join(run.overrides) or "(defaults)", run.status]
-        + [format_value(run.metric(key), kind) for key, _, kind in RUN_COLUMNS]
+        + [format_value(run.metric(key), kind) for key, _, kind in cols]
         for run in runs
     ]
     parts = [_align(header, rows, left=3)]
@@ -463,11 +478,10 @@ def format_table(runs: list[RunRecord], groups: list[Group]) -> str:
 
 
 def _group_rows(groups: list[Group], common: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
-    kinds = {key: kind for key, _, kind in RUN_COLUMNS}
-    header = ["group (seeds pooled)", "runs", *(h for key, h, _ in RUN_COLUMNS if key in AGGREGATE_KEYS)]
+    cols = columns([r for g in groups for r in g.runs])
+    header = ["group (seeds pooled)", "runs", *(h for _, h, _ in cols)]
     rows = [
-        [g.short_label(common), format_counts(g)]
-        + [format_stat(g.stats[k], kinds[k]) for k in AGGREGATE_KEYS]
+        [g.short_label(common), format_counts(g)] + [format_stat(g.stats[k], kind) for k, _, kind in cols]
         for g in groups
     ]
     return header, rows
@@ -476,10 +490,11 @@ def _group_rows(groups: list[Group], common: tuple[str, ...]) -> tuple[list[str]
 def format_markdown(runs: list[RunRecord], groups: list[Group]) -> str:
     """The same two tables as :func:`format_table`, in Markdown: per-run rows, then mean ± std over seeds."""
     common = common_overrides(groups)
-    header = ["job", "overrides", "status", *(h for _, h, _ in RUN_COLUMNS)]
+    cols = columns(runs)
+    header = ["job", "overrides", "status", *(h for _, h, _ in cols)]
     rows = [
         [run.job, f"`{' '.join(o for o in run.overrides if o not in common) or '(defaults)'}`", run.status]
-        + [format_value(run.metric(key), kind) for key, _, kind in RUN_COLUMNS]
+        + [format_value(run.metric(key), kind) for key, _, kind in cols]
         for run in runs
     ]
     agg_header, agg_rows = _group_rows(groups, common)
@@ -601,14 +616,15 @@ def _status_html(run: RunRecord) -> str:
 
 
 def _runs_table(runs: list[RunRecord]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ["job", "overrides", "status", *(h for _, h, _ in RUN_COLUMNS)])
+    cols = columns(runs)
+    head = "".join(f"<th>{h}</th>" for h in ["job", "overrides", "status", *(h for _, h, _ in cols)])
     rows = []
     for run in runs:
         cells = [
             f"<td>{html.escape(run.job)}</td>",
             f"<td><code>{html.escape(' '.join(run.overrides) or '(defaults)')}</code></td>",
             _status_html(run),
-            *(f"<td class='num'>{format_value(run.metric(k), kind)}</td>" for k, _, kind in RUN_COLUMNS),
+            *(f"<td class='num'>{format_value(run.metric(k), kind)}</td>" for k, _, kind in cols),
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     note = (
@@ -620,12 +636,12 @@ def _runs_table(runs: list[RunRecord]) -> str:
 
 
 def _groups_table(groups: list[Group]) -> str:
-    kinds = {key: kind for key, _, kind in RUN_COLUMNS}
-    heads = ["group", "runs", *(h for key, h, _ in RUN_COLUMNS if key in AGGREGATE_KEYS)]
+    cols = columns([r for g in groups for r in g.runs])
+    heads = ["group", "runs", *(h for _, h, _ in cols)]
     rows = []
     for g in groups:
         cells = [f"<td><code>{html.escape(g.label)}</code></td>", f"<td>{html.escape(format_counts(g))}</td>"]
-        cells += [f"<td class='num'>{format_stat(g.stats[k], kinds[k])}</td>" for k in AGGREGATE_KEYS]
+        cells += [f"<td class='num'>{format_stat(g.stats[k], kind)}</td>" for k, _, kind in cols]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return "<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>" + "".join(rows) + "</table>"
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ncalab import run_folder
-from ncalab.errors import NCALabError
+from ncalab.errors import NCALabError, TargetError
 from ncalab.media import (
     REGIONS,
     cell_box,
@@ -40,7 +40,7 @@ from ncalab.media import (
 )
 from ncalab.metrics import per_sample_loss, psnr, ssim
 from ncalab.nca import ALPHA, NCA, to_rgb
-from ncalab.targets import load_target
+from ncalab.targets import load_target, seed_shift
 
 __all__ = [
     "GROWN_MIN_GAIN_DB",
@@ -52,6 +52,7 @@ __all__ = [
     "evaluate_checkpoint",
     "evaluate_model",
     "evaluate_nca",
+    "compare_at_size",
     "format_evaluation",
     "holds_steps",
     "load_model",
@@ -363,6 +364,45 @@ def _measure(
     return Measurement(result, grown, image)
 
 
+def compare_at_size(image: torch.Tensor, data: dict[str, Any], cell: int, size: int) -> dict[str, Any]:
+    """PSNR/SSIM of a model's drawn ``image`` (``B x 4 x H x W``, premultiplied) against its target drawn at
+    ``size`` x ``size`` px, so that models of one image trained at different sizes or renderings compare on one
+    scale: the square the target was fitted into (``data.target_size`` px, after :func:`seed_shift`) is cut from
+    the image and resized to ``size`` px (bilinear, antialiased: a per-cell 48 px model is upscaled, a 128 px
+    decoder model is compared as drawn); the reference is the target file fitted at ``size`` px, not an upscaled
+    copy of the training target. Both composited on white."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    target, fitted, padding = str(data["target"]), int(data["target_size"]), int(data["padding"])
+    try:
+        padded = load_target(target, fitted, padding, bool(data.get("allow_upscale", False)), cell=cell)
+        dy, dx = seed_shift(padded, target, cell) if data.get("seed_on_pattern", False) else (0, 0)
+    except TargetError as exc:
+        raise EvaluationError(f"comparing at {size} px: {exc}") from exc
+    try:
+        reference = load_target(target, size, 0).unsqueeze(0)
+    except (
+        TargetError
+    ) as exc:  # the file is smaller than the size asked for: there is nothing to compare with
+        raise EvaluationError(
+            f"comparing at {size} px: the target {target!r} is smaller than {size} px; compare at its own size "
+            "or less"
+        ) from exc
+    top, left = padding + dy * cell, padding + dx * cell
+    crop = image[..., top : top + fitted, left : left + fitted].float()
+    if fitted != size:
+        crop = resize(crop, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    rgb, ref = to_rgb(crop), to_rgb(reference.to(crop.device))
+    n = rgb.shape[0]
+    return {
+        "size": size,
+        "from_size": fitted,
+        "psnr": sum(psnr(rgb[i : i + 1], ref) for i in range(n)) / n,
+        "ssim": ssim(rgb, ref),
+    }
+
+
 # --------------------------------------------------------------------------------------------- models on disk
 
 
@@ -420,19 +460,28 @@ def _target_and_horizon(config: dict[str, Any], path: str | Path) -> tuple[torch
 
 
 def evaluate_model(
-    path: str | Path, rollouts: int = 4, seed: int = 0, video: bool = False, **kwargs: Any
+    path: str | Path,
+    rollouts: int = 4,
+    seed: int = 0,
+    video: bool = False,
+    at_size: int | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate the model of a ``.ckpt`` or an exported model folder against the target it was trained on, for
     the horizon it was trained for (``rollout.max_steps``). ``kwargs`` go to :func:`measure_nca`
     (``long_run_steps``, ``grow_steps``, ``regrow_steps``, ...). Videos go to ``<stem>_videos/`` beside a
-    checkpoint, ``<folder>/evaluation_videos/`` in a folder."""
+    checkpoint, ``<folder>/evaluation_videos/`` in a folder. ``at_size``: also PSNR/SSIM against the target
+    drawn at that many pixels (:func:`compare_at_size`), as ``at_size``."""
     nca, config, info = load_model(path)
     target, horizon = _target_and_horizon(config, path)
     video_dir = None
     if video:
         p = Path(info["model"])
         video_dir = p / "evaluation_videos" if info["kind"] == "folder" else p.parent / f"{p.stem}_videos"
-    result = evaluate_nca(nca, target, horizon, rollouts=rollouts, seed=seed, video_dir=video_dir, **kwargs)
+    measured = measure_nca(nca, target, horizon, rollouts=rollouts, seed=seed, video_dir=video_dir, **kwargs)
+    result = measured.result
+    if at_size is not None:
+        result["at_size"] = compare_at_size(measured.image, config["data"], nca.render.scale, at_size)
     return {**info, **result}
 
 
@@ -499,6 +548,12 @@ def format_evaluation(result: dict[str, Any]) -> str:
             f"{_fmt(r['steps_to_recover'], 'd'):>5}  {'yes' if r['regrown'] else 'no'}"
         )
     lines.append(f"  regrown: {rg['regrown']}/{len(REGIONS)}")
+    at = result.get("at_size")
+    if at:
+        lines.append(
+            f"at {at['size']} px (the {at['from_size']} px image resized): psnr {_fmt(at['psnr'], '.2f')} dB, "
+            f"ssim {_fmt(at['ssim'], '.3f')}"
+        )
     return "\n".join(lines)
 
 
@@ -581,6 +636,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--video", action="store_true", help="write growth and regeneration MP4s beside it")
     parser.add_argument(
+        "--at-size",
+        type=_count_arg(8, 4096),
+        metavar="PX",
+        help="also PSNR/SSIM against the target drawn at PX x PX, the model's image resized to it (to compare "
+        "models of one image trained at different sizes or renderings)",
+    )
+    parser.add_argument(
         "--output",
         help="where to write the JSON (default: <checkpoint stem>.eval.json beside it, <folder>/evaluation.json)",
     )
@@ -604,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
             long_run_steps=args.long_run,
             grow_steps=args.grow_steps,
             regrow_steps=args.regrow_steps,
+            at_size=args.at_size,
         )
     except NCALabError as exc:
         print(f"ncalab.evaluate: error: {exc}", file=sys.stderr)

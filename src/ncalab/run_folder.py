@@ -37,7 +37,8 @@ stop)
     ``recovery_threshold``, ``undamaged_loss``, ``undamaged_psnr``, ``grown_psnr_min``, ``grown``,
     ``pattern_box``, ``regrown`` (how many cuts regrew), and one object per cut region ``left``, ``right``,
     ``top``, ``bottom``, ``center`` with :data:`REGION_KEYS`: ``damaged_loss``, ``loss``, ``steps_to_recover``,
-    ``damaged``, ``regrown``).
+    ``damaged``, ``regrown``). With ``callbacks.evaluation.at_size`` (or ``--at-size``) also ``at_size``
+    (:func:`ncalab.evaluate.compare_at_size`: ``size``, ``from_size``, ``psnr``, ``ssim``).
 
 ``summary.json`` (:data:`SUMMARY_FILE`; :class:`ncalab.callbacks.RunEvaluation`)
     The headline numbers, for the sweep objective (:func:`ncalab.train.run` reads ``eval_loss``, else
@@ -47,7 +48,8 @@ stop)
     ``non_finite``, ``grown``, ``regrown``; ``wall_time_s``, ``s_per_iter`` (``null`` when no step ran),
     ``parameters``, ``grid`` ([H, W], cells), ``render`` (``cells`` or ``decoder``), ``image`` ([H, W] pixels: the
     grid x ``render.scale``), ``divergences``, ``divergence_events`` (the guard's events: ``step``,
-    ``cause``, ``action``, ``restored_step``, ``lr``), ``stopped_by_guard``.
+    ``cause``, ``action``, ``restored_step``, ``lr``), ``stopped_by_guard``; ``at_size``, ``psnr_at_size``,
+    ``ssim_at_size`` (the image compared at ``callbacks.evaluation.at_size`` px; ``null`` without it).
 
 ``final.png`` (:data:`FINAL_IMAGE`; :class:`ncalab.callbacks.RunEvaluation`)
     The target beside the first pattern that evaluation grew from the seed to the horizon, over white.
@@ -149,6 +151,9 @@ SUMMARY_KEYS = (
     "divergences",
     "divergence_events",
     "stopped_by_guard",
+    "at_size",
+    "psnr_at_size",
+    "ssim_at_size",
 )
 
 # --- evaluation.json

@@ -72,14 +72,8 @@ def _read_image(path: Path) -> Image.Image:
 SEED_ALPHA = 0.5
 
 
-def seed_on_pattern(rgba: torch.Tensor, target: str, cell: int = 1) -> torch.Tensor:
-    """Move the padded target (whole cells) so that the grid's middle cell, where the seed grows from, lies on the
-    pattern: unchanged when that cell's alpha is at least :data:`SEED_ALPHA`, otherwise the nearest cell that has
-    it (ties: the first in row order) is moved there.
-
-    Why: a seed on a transparent cell (the hole of a doughnut or a ring) is taught by the first gradient to fade
-    (its target is empty, and so is all it can see), and a dead grid never learns anything again.
-    """
+def seed_shift(rgba: torch.Tensor, target: str, cell: int = 1) -> tuple[int, int]:
+    """The whole cells ``(dy, dx)`` by which :func:`seed_on_pattern` moves the padded target ``rgba``."""
     if cell > 1:  # the grid's cells are cell x cell pixels: a cell's alpha is its pixels' mean
         alpha = F.avg_pool2d(rgba[ALPHA : ALPHA + 1], cell)[0]
     else:
@@ -87,10 +81,10 @@ def seed_on_pattern(rgba: torch.Tensor, target: str, cell: int = 1) -> torch.Ten
     h, w = alpha.shape
     cy, cx = h // 2, w // 2
     if alpha[cy, cx] >= SEED_ALPHA:
-        return rgba
+        return 0, 0
     ys, xs = torch.nonzero(alpha >= SEED_ALPHA, as_tuple=True)
     if len(ys) == 0:
-        return rgba  # nothing solid anywhere: a faint target, left where it is
+        return 0, 0  # nothing solid anywhere: a faint target, left where it is
     i = int(((ys - cy) ** 2 + (xs - cx) ** 2).argmin())
     dy, dx = cy - int(ys[i]), cx - int(xs[i])
     rows, cols = torch.nonzero(alpha > 0, as_tuple=True)
@@ -102,6 +96,20 @@ def seed_on_pattern(rgba: torch.Tensor, target: str, cell: int = 1) -> torch.Ten
             f"the image by ({dy}, {dx}) cells to put the seed on it would push it off the grid; give more "
             "data.padding, or data.seed_on_pattern=false to keep it centred"
         )
+    return dy, dx
+
+
+def seed_on_pattern(rgba: torch.Tensor, target: str, cell: int = 1) -> torch.Tensor:
+    """Move the padded target (whole cells) so that the grid's middle cell, where the seed grows from, lies on the
+    pattern: unchanged when that cell's alpha is at least :data:`SEED_ALPHA`, otherwise the nearest cell that has
+    it (ties: the first in row order) is moved there (:func:`seed_shift`).
+
+    Why: a seed on a transparent cell (the hole of a doughnut or a ring) is taught by the first gradient to fade
+    (its target is empty, and so is all it can see), and a dead grid never learns anything again.
+    """
+    dy, dx = seed_shift(rgba, target, cell)
+    if (dy, dx) == (0, 0):
+        return rgba
     return torch.roll(rgba, shifts=(dy * cell, dx * cell), dims=(1, 2))
 
 
