@@ -1,4 +1,4 @@
-"""Draw the built-in target images (``flower``, ``mosaic``) with Pillow.
+"""Draw the built-in target images (``flower``, ``flower128``, ``mosaic``) with Pillow.
 
 Everything is computed from fixed coordinates, so every run produces the same
 pixels. Run ``python -m ncalab.targets.draw`` to regenerate the PNGs that ship
@@ -17,6 +17,7 @@ Color = tuple[int, int, int, int]
 Point = tuple[float, float]
 
 FLOWER_SIZE = 48
+FLOWER128_SIZE = 128  # the same drawing at 128 px: its seeds, stem and leaf tips are details a few pixels wide
 MOSAIC_SIZE = 128
 # The flower is drawn at this multiple of its final size and downsampled, which
 # gives antialiased edges without any font or external artwork.
@@ -76,14 +77,14 @@ def _leaf_polygon(base: Point, tip: Point, half_width: float, bend: float, steps
     return upper + lower[::-1]
 
 
-def draw_flower() -> Image.Image:
-    """A 48x48 RGBA emoji-like flower on a transparent background.
+def draw_flower(size: int = FLOWER_SIZE) -> Image.Image:
+    """A ``size`` x ``size`` (48 by default) RGBA emoji-like flower on a transparent background.
 
     Violet and pink petals around a yellow centre, a thin dark-green stem and
-    two light-green leaves with thin tips.
+    two light-green leaves with thin tips. The coordinates below are in 48 px units, scaled to ``size``.
     """
-    s = SUPERSAMPLE
-    big = Image.new("RGBA", (FLOWER_SIZE * s, FLOWER_SIZE * s), (0, 0, 0, 0))
+    s = SUPERSAMPLE * size / FLOWER_SIZE
+    big = Image.new("RGBA", (size * SUPERSAMPLE, size * SUPERSAMPLE), (0, 0, 0, 0))
     draw = ImageDraw.Draw(big)
 
     def sc(x: float, y: float) -> Point:
@@ -118,7 +119,7 @@ def draw_flower() -> Image.Image:
         d = 0.8
         draw.ellipse([sc(x - d, y - d), sc(x + d, y + d)], fill=CENTRE_DOT)
 
-    small = big.resize((FLOWER_SIZE, FLOWER_SIZE), Image.Resampling.LANCZOS)
+    small = big.resize((size, size), Image.Resampling.LANCZOS)
 
     # Lanczos rings slightly around edges; snap near-transparent pixels to fully
     # transparent and near-opaque ones to fully opaque so the figure has a clean
@@ -182,7 +183,16 @@ def draw_mosaic() -> Image.Image:
     return img
 
 
-BUILTIN: dict[str, Callable[[], Image.Image]] = {"flower": draw_flower, "mosaic": draw_mosaic}
+def draw_flower128() -> Image.Image:
+    """The flower drawn at 128x128 px: a target for models drawn at high resolution (``render=decoder``)."""
+    return draw_flower(FLOWER128_SIZE)
+
+
+BUILTIN: dict[str, Callable[[], Image.Image]] = {
+    "flower": draw_flower,
+    "flower128": draw_flower128,
+    "mosaic": draw_mosaic,
+}
 
 
 def main(out_dir: str | Path | None = None) -> list[Path]:
