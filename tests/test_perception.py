@@ -10,10 +10,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from ncalab.errors import ConfigError
 from ncalab.perception import (
     OPERATOR_ANGLES,
     OPERATOR_SETS,
     FixedPerception,
+    MultiScalePerception,
     Perception,
     ScaledPerception,
     TrainablePerception,
@@ -40,6 +42,8 @@ PERCEPTIONS = {
     "trainable_3x3_2ops": (lambda c: TrainablePerception(c, kernel_size=3, n_ops=2), 2),
     "scaled": (lambda c: ScaledPerception(c, kernel_size=3, n_ops=2, scale="per_op"), 2),
     "mixed_bank": (lambda c: FixedPerception(c, ops=["sobel3_x", "laplace5", "gauss3"]), 3),
+    # 3 operators at 3 levels: 9 responses per channel
+    "multiscale": (lambda c: MultiScalePerception(c), 9),
 }
 # (operator set, operator index, that operator's angle) for every fixed operator.
 OPERATORS = [
@@ -483,3 +487,176 @@ def test_the_logged_response_factors_come_from_the_response_scale():
             return self.factor
 
     assert response_factors(PerChannel()) == [float(i) for i in range(8)]
+
+
+# --- the multi-scale perception -----------------------------------------------------------------------------------
+
+BANK = ("sobel3_x", "sobel3_y", "laplace3")
+
+
+def levels_of(p: MultiScalePerception, x: torch.Tensor) -> torch.Tensor:
+    """Responses as ``B x C x levels x n_bank x H x W``."""
+    b, _, h, w = x.shape
+    with torch.no_grad():
+        return p(x)[:, p.channels :].view(b, p.channels, p.levels, p.n_bank, h, w)
+
+
+def reference_level(x: torch.Tensor, bank: torch.Tensor, f: int, mode: str) -> torch.Tensor:
+    """Level ``f`` computed cell by cell, as the docstring says: each coarse cell the mean of its ``f x f`` block
+    from the top-left corner (cells past the edge count as zero), the bank (``n x k x k``) applied with zero
+    padding at that level, then each cell of the grid reads the coarse responses bilinearly (PyTorch's
+    ``align_corners=False`` source index) or at its own block (nearest). ``x``: ``H x W`` (one channel), float64."""
+    h, w = x.shape
+    hc, wc = -(-h // f), -(-w // f)
+    coarse = torch.zeros(hc, wc, dtype=torch.float64)
+    for i in range(hc):
+        for j in range(wc):
+            coarse[i, j] = x[i * f : i * f + f, j * f : j * f + f].sum() / (f * f)
+    n, k, _ = bank.shape
+    r = k // 2
+    padded = torch.zeros(hc + 2 * r, wc + 2 * r, dtype=torch.float64)
+    padded[r : r + hc, r : r + wc] = coarse
+    resp = torch.zeros(n, hc, wc, dtype=torch.float64)
+    for o in range(n):
+        for i in range(hc):
+            for j in range(wc):
+                resp[o, i, j] = (padded[i : i + k, j : j + k] * bank[o].double()).sum()
+    out = torch.zeros(n, h, w, dtype=torch.float64)
+
+    def source(i: int, size: int) -> tuple[int, int, float]:
+        s = max((i + 0.5) / f - 0.5, 0.0)
+        i0 = min(int(s), size - 1)
+        return i0, min(i0 + 1, size - 1), s - i0
+
+    for i in range(h):
+        for j in range(w):
+            if mode == "nearest":
+                out[:, i, j] = resp[:, i // f, j // f]
+                continue
+            y0, y1, ly = source(i, hc)
+            x0, x1, lx = source(j, wc)
+            top = (1 - lx) * resp[:, y0, x0] + lx * resp[:, y0, x1]
+            bottom = (1 - lx) * resp[:, y1, x0] + lx * resp[:, y1, x1]
+            out[:, i, j] = (1 - ly) * top + ly * bottom
+    return out
+
+
+def test_multiscale_defaults_are_three_levels_of_the_sobel_laplace_bank():
+    p = MultiScalePerception(CHANNELS)
+    assert (p.levels, p.ops, p.upsample, p.n_bank, p.n_ops) == (3, BANK, "bilinear", 3, 9)
+    assert (p.kernel_size, p.coarsest, p.out_channels, p.name) == (3, 4, CHANNELS * 10, "multiscale")
+    assert list(p.parameters()) == [] and set(p.state_dict()) == {"weight"}  # the bank is a buffer
+    assert p.bank_weight().shape == (CHANNELS * 3, 1, 3, 3)
+    assert torch.equal(p.bank_weight(), FixedPerception(CHANNELS, ops=BANK).operator_weight())
+    assert p.response_scale() is None
+    with pytest.raises(NotImplementedError, match="not one depthwise bank at one scale"):
+        p.operator_weight()
+
+
+@pytest.mark.parametrize("upsample", ["bilinear", "nearest"])
+def test_multiscale_level_zero_is_the_fixed_bank(upsample):
+    """Level 0 reads exactly what the same bank reads alone (perception=operators), bit for bit."""
+    torch.manual_seed(0)
+    x = torch.randn(2, CHANNELS, 13, 18)
+    ours = levels_of(MultiScalePerception(CHANNELS, upsample=upsample), x)[:, :, 0]
+    fixed = responses(FixedPerception(CHANNELS, ops=BANK), x)
+    assert torch.equal(ours, fixed)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("size", [(16, 16), (13, 11), (7, 5)], ids=["divisible", "odd", "tiny"])
+def test_every_level_is_pooled_banked_and_upsampled_as_documented(mode, size):
+    """Each level against a cell-by-cell computation of what the docstring says, on grids that the pooling
+    divides and on odd ones (the pooled blocks run past the edge, and the output is still exactly H x W)."""
+    h, w = size
+    levels = 3
+    ops = ("sobel3_x", "laplace3", "gauss5")  # a 5x5 operator in the bank: zero-padded to 5x5, at every level
+    p = MultiScalePerception(4, levels=levels, ops=ops, upsample=mode)
+    torch.manual_seed(1)
+    x = torch.randn(1, 4, h, w)
+    got = levels_of(p, x)
+    assert got.shape == (1, 4, levels, 3, h, w)
+    bank = p.bank_weight()[:3, 0]
+    for c in (0, 3):
+        for level in range(levels):
+            expected = reference_level(x[0, c].double(), bank, 2**level, mode)
+            torch.testing.assert_close(got[0, c, level].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_multiscale_reads_a_unit_ramp_as_its_slope_at_each_scale():
+    """A derivative at level l reads a unit ramp as 2**l (the ramp rises 2**l per coarse cell): each level
+    measures the same gradient over a wider neighbourhood, away from the grid's edges."""
+    p = MultiScalePerception(CHANNELS, levels=3, ops=["sobel3_x", "sobel3_y"])
+    x = single_channel_input(ramp_image(0.0, size=40))
+    got = levels_of(p, x)[0, 0, :, :, 12:28, 12:28]  # (levels, op, ...) of the ramp's channel, interior
+    for level in range(3):
+        torch.testing.assert_close(got[level, 0], torch.full((16, 16), 2.0**level), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(got[level, 1], torch.zeros(16, 16), rtol=0, atol=1e-4)
+
+
+def test_multiscale_widens_the_receptive_field():
+    """A change 3 cells away changes what a cell perceives through the coarse levels, not through a 3x3 bank."""
+    torch.manual_seed(2)
+    x = torch.rand(1, CHANNELS, 16, 16)
+    far = x.clone()
+    far[0, 5, 8, 11] += 1.0  # 3 cells right of (8, 8)
+    multiscale, sobel3 = MultiScalePerception(CHANNELS), FixedPerception(CHANNELS, operators="sobel3")
+    with torch.no_grad():
+        assert torch.equal(sobel3(x)[..., 8, 8], sobel3(far)[..., 8, 8])
+        assert torch.equal(
+            levels_of(multiscale, x)[..., 0, :, 8, 8], levels_of(multiscale, far)[..., 0, :, 8, 8]
+        )
+        changed = levels_of(multiscale, x)[..., 8, 8] != levels_of(multiscale, far)[..., 8, 8]
+    assert changed[0, 5, 1:].all()  # every operator of the coarse levels, in the changed channel
+    assert not changed[0, :5].any() and not changed[0, 6:].any()  # depthwise
+    # and the gradient of that cell's perception reaches the far cell
+    xi = x.clone().requires_grad_(True)
+    MultiScalePerception(CHANNELS)(xi)[0, CHANNELS:, 8, 8].sum().backward()
+    assert xi.grad[0, 5, 8, 11] != 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"levels": 0}, r"perception\.levels=0 is not valid; expected an integer >= 1"),
+        ({"levels": -2}, r"perception\.levels=-2 is not valid"),
+        ({"levels": 1.5}, r"perception\.levels=1\.5 is not valid"),
+        ({"levels": True}, r"perception\.levels=True is not valid"),
+        ({"upsample": "cubic"}, r"perception\.upsample='cubic' is not valid; expected bilinear \| nearest"),
+        ({"ops": ["sobel3_x", "sobel9"]}, r"perception\.ops: unknown operator 'sobel9'; known: sobel3_x"),
+        ({"ops": []}, r"perception\.ops=\[\] must be a non-empty list"),
+        ({"ops": ["laplace3", "laplace3"]}, r"perception\.ops names laplace3 more than once"),
+    ],
+)
+def test_bad_multiscale_settings_are_one_line_naming_the_key(kwargs, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        MultiScalePerception(CHANNELS, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_the_coarsest_level_must_fit_the_grid():
+    p = MultiScalePerception(CHANNELS, levels=6)  # pools by 32 at its coarsest
+    p.check_grid(32, 40)
+    assert p(torch.zeros(1, CHANNELS, 32, 33)).shape == (1, CHANNELS * 19, 32, 33)
+    message = (
+        r"perception\.levels=6: the coarsest level pools by 32, more than the 24x24 grid's smaller side \(24\); "
+        r"at most perception\.levels=5 on this grid"
+    )
+    with pytest.raises(ConfigError, match=message):
+        p.check_grid(24, 24)
+    with pytest.raises(ConfigError, match=message):
+        p(torch.zeros(1, CHANNELS, 24, 24))  # forward checks too (evaluation on another grid)
+    with pytest.raises(ConfigError, match=r"at most perception\.levels=1 on this grid"):
+        MultiScalePerception(CHANNELS, levels=2).check_grid(1, 9)
+    FixedPerception(CHANNELS).check_grid(1, 1)  # a single-scale bank reads any grid
+
+
+def test_the_contract_readers_take_a_multiscale_perception():
+    """What reads a perception's parts: no logged response factors, and the fast path's own-forward route."""
+    from ncalab.fast_step import within_contract
+    from ncalab.lit_module import response_factors
+
+    p = MultiScalePerception(CHANNELS)
+    assert response_factors(p) == []
+    assert not within_contract(p)
+    assert "levels=3, upsample=bilinear" in repr(p)

@@ -32,8 +32,9 @@ def column(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key)]
 
 
-def test_the_source_perceptions_and_the_operator_bank_are_configured():
+def test_the_source_perceptions_the_operator_bank_and_multiscale_are_configured():
     assert PERCEPTIONS == [
+        "multiscale",
         "operators",
         "sobel3",
         "sobel5",
@@ -109,6 +110,8 @@ def test_parameter_counts_differ_only_by_trainable_kernels(smoke_cfg):
         assert counts[name] == 16 * (1 + n) * 32 + 32 + 32 * 16
     assert counts["trainable_truncated"] == counts["sobel3"] + 16 * 2 * 9
     assert counts["trainable_scale"] == counts["trainable_truncated"] + 2
+    # 3 operators at 3 levels: 9 responses per channel, no perception parameters
+    assert counts["multiscale"] == 16 * (1 + 9) * 32 + 32 + 32 * 16
 
 
 @pytest.mark.slow

@@ -11,11 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ncalab.nca import NCA, alive_mask, seed_state
-    from ncalab.perception import FixedPerception, Perception, ScaledPerception, TrainablePerception
+    from ncalab.perception import (
+        FixedPerception,
+        MultiScalePerception,
+        Perception,
+        ScaledPerception,
+        TrainablePerception,
+    )
 
 __all__ = [
     "NCA",
     "FixedPerception",
+    "MultiScalePerception",
     "Perception",
     "ScaledPerception",
     "TrainablePerception",
@@ -29,6 +36,7 @@ _HOMES = {
     "alive_mask": "ncalab.nca",
     "seed_state": "ncalab.nca",
     "FixedPerception": "ncalab.perception",
+    "MultiScalePerception": "ncalab.perception",
     "Perception": "ncalab.perception",
     "ScaledPerception": "ncalab.perception",
     "TrainablePerception": "ncalab.perception",

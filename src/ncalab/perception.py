@@ -1,8 +1,9 @@
 """How a cell perceives its neighbourhood.
 
 Every perception maps a state ``B x C x H x W`` to ``B x C*(1 + n_ops) x H x W``: the cell's own state (the
-identity channel) followed by ``n_ops`` depthwise operator responses per channel. Angles are measured in array
-coordinates: 0 degrees points along +column (x), 90 degrees along +row (y, downwards on screen).
+identity channel) followed by ``n_ops`` responses per channel (depthwise: a channel's responses read that channel
+only). Angles are measured in array coordinates: 0 degrees points along +column (x), 90 degrees along +row (y,
+downwards on screen).
 
 Fixed perceptions are banks of named operators (:data:`OPERATORS`); ``sobel3``, ``sobel5`` and ``sobel5_diag``
 are named banks (:data:`BANKS`) of the same mechanism as ``perception=operators perception.ops=[...]``.
@@ -33,6 +34,14 @@ A bank of mixed kernel sizes pads its smaller kernels with zeros, centred, to it
 convolution of that size computes every response, and a 3x3 operator reads in a 5x5 bank exactly what it reads
 alone (its extra taps are zero; the cost is that of the 5x5 convolution). The dilated Sobel is stored the same
 way: a 5x5 kernel with 9 non-zero taps (the 5x5 receptive field with the 3x3 operator's taps).
+
+:class:`MultiScalePerception` (``perception=multiscale``, the multi-scale perception of DyNCA, CVPR 2023) reads
+one such bank at several scales: level ``l`` (0 .. levels-1) is the state average-pooled by ``2**l`` (blocks
+aligned at the grid's top-left corner; cells past the grid's edge count as empty, zero, as the convolutions' zero
+padding has it, so any grid size works), the bank applied there with zero padding, and the responses brought
+back to every cell of the grid (bilinear, PyTorch's ``align_corners=False``, or nearest), cut to exactly
+``H x W``. Level 0 is the bank at the grid's own scale. The coarsest level must fit the grid:
+``2**(levels-1) <= min(H, W)``.
 """
 
 from __future__ import annotations
@@ -52,7 +61,10 @@ __all__ = [
     "OPERATORS",
     "OPERATOR_SETS",
     "FixedPerception",
+    "MULTISCALE_OPS",
+    "MultiScalePerception",
     "Operator",
+    "UPSAMPLE_MODES",
     "Perception",
     "ScaledPerception",
     "TrainablePerception",
@@ -306,21 +318,41 @@ class Perception(nn.Module):
     Users: the NCA's fast path (``ncalab.nca``), the demo export (``ncalab.demo``), the exported-model reader
     (``ncalab.exported``), checkpoint rebuilding and checks (``ncalab.checkpoint``), logging and the bench.
 
-    - ``channels`` (C), ``n_ops`` (operators per channel), ``kernel_size`` (k, odd) and
-      ``out_channels = C * (1 + n_ops)``.
+    Every perception gives:
+
+    - ``channels`` (C), ``n_ops`` (responses per channel) and ``out_channels = C * (1 + n_ops)``: its output is
+      the state itself followed by the ``C*n_ops`` responses, channel-major (response ``c*n_ops + o`` is the
+      ``o``-th of channel ``c``, and reads channel ``c`` only), which is the order the update network's first
+      layer takes them in.
     - ``name``: a label for logs, summaries and the demo page; never looked up.
-    - ``ops``: the names of its fixed operators (:data:`OPERATORS`) in response order, or ``()`` when its kernels
-      are learned.
-    - ``operator_weight()``: the depthwise weight ``C*n_ops x 1 x k x k``, channel-major (row ``c*n_ops + o`` is
-      operator ``o`` on channel ``c``), applied with zero padding ``k // 2`` and ``groups=C``.
+    - ``ops``: the names of its fixed operators (:data:`OPERATORS`), or ``()`` when its kernels are learned.
+    - ``check_grid(height, width)``: raises :class:`ncalab.errors.ConfigError` naming the setting when the
+      perception cannot read a grid of that size (called where the grid is first known, and by ``forward``);
+      nothing for a single-scale bank, which reads any grid.
     - ``response_scale()``: ``None`` (responses used as they come) or the factor, one per response
       (``C*n_ops``, same order), that multiplies them; ``scale_responses(r)`` applies it (``r * factor``).
       Override ``response_scale``; override ``scale_responses`` too only to compute the same product faster in
       ``forward`` (the fast path and the demo export read ``response_scale()`` itself).
+
+    A single-scale depthwise bank (every perception that keeps this class's ``forward``) also gives:
+
+    - ``kernel_size`` (k, odd) and ``operator_weight()``: the depthwise weight ``C*n_ops x 1 x k x k``,
+      channel-major (row ``c*n_ops + o`` is operator ``o`` on channel ``c``), applied with zero padding ``k // 2``
+      and ``groups=C``.
     - ``forward(x) = cat([x, scale_responses(depthwise_conv(x, operator_weight()))])``. The fast path computes
-      exactly this from the parts above (one operator at a time, in bfloat16 when asked), and the demo export
-      writes those parts. A subclass that overrides ``forward`` is outside the contract: the NCA calls it as it
-      is, the demo cannot export it.
+      exactly this from the parts above (one operator at a time, in bfloat16 when asked), the demo export writes
+      those parts, and the bench's baseline reads them.
+
+    A multi-scale perception (:class:`MultiScalePerception`) is not one depthwise bank at one scale: it has its
+    own ``forward`` (pool, bank, upsample per level) and gives instead ``levels``, ``upsample``, ``n_bank`` (the
+    operators of its bank, ``n_ops = levels * n_bank``: per channel, level 0's responses, then level 1's, ...)
+    and ``bank_weight()`` (the bank's depthwise weight ``C*n_bank x 1 x k x k``, applied at every level;
+    ``kernel_size`` is its k). Its ``operator_weight()`` refuses, naming what to read instead. The fast path calls
+    its ``forward`` as it is (and the update network fast); the demo export writes the bank and the levels, and
+    the page computes the levels itself; the bench's baseline calls its ``forward``.
+
+    Any other subclass that overrides ``forward`` is outside the contract: the NCA calls it as it is, the demo
+    cannot export it.
 
     A new strategy is one subclass (``operator_weight()``, optionally ``response_scale()``) plus one config file in
     ``conf/perception/``.
@@ -352,6 +384,9 @@ class Perception(nn.Module):
     def scale_responses(self, responses: torch.Tensor) -> torch.Tensor:
         factor = self.response_scale()
         return responses if factor is None else responses * factor.view(1, -1, 1, 1)
+
+    def check_grid(self, height: int, width: int) -> None:
+        """Raise :class:`ConfigError` when this perception cannot read a ``height x width`` grid (never here)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Zero padding: outside the grid is empty space, like the padded target.
@@ -465,3 +500,125 @@ class ScaledPerception(TrainablePerception):
         # The same product as response_scale() gives; a scalar factor broadcasts without being tiled.
         factor = self.scale.repeat(self.channels) if self.scale_mode == "per_op" else self.scale
         return responses * factor.view(1, -1, 1, 1)
+
+
+# The multi-scale perception's defaults (conf/perception/multiscale.yaml) and its upsampling modes.
+MULTISCALE_OPS = ("sobel3_x", "sobel3_y", "laplace3")
+UPSAMPLE_MODES = ("bilinear", "nearest")
+
+
+def max_levels(height: int, width: int) -> int:
+    """The most levels a multi-scale perception can have on a ``height x width`` grid: ``2**(levels-1)`` (the
+    coarsest level's pooling) at most the grid's smaller side."""
+    return max(1, min(height, width)).bit_length()
+
+
+class MultiScalePerception(Perception):
+    """Identity + a bank of fixed operators read at ``levels`` scales (DyNCA's multi-scale perception).
+
+    Level ``l`` is the state average-pooled by ``2**l`` (level 0: the state itself), the bank ``ops`` applied to
+    it depthwise with zero padding, and the responses upsampled back to the grid (``upsample``: ``bilinear``, as
+    PyTorch's ``align_corners=False``, or ``nearest``). A grid that the pooling does not divide is padded with
+    empty cells (zeros) at its bottom and right to the next multiple before pooling, and the upsampled responses
+    are cut back to exactly ``H x W``: a coarse cell is the mean of its ``2**l x 2**l`` block, cells past the
+    edge counting as empty space, as the convolutions' zero padding has it. Responses per channel: level 0's
+    (in ``ops`` order), then level 1's, ...: ``n_ops = levels * n_bank``. No parameters: the bank is a buffer.
+
+    The coarsest level must fit the grid: ``2**(levels-1) <= min(H, W)`` (:meth:`check_grid`). Outside the
+    single-bank contract (see :class:`Perception`): ``operator_weight()`` refuses; ``bank_weight()`` is the
+    bank's depthwise weight, applied at every level.
+
+    ``kernels`` (keyword only, not a config setting): the bank's depthwise weight ``C*n x 1 x k x k`` itself,
+    for a model rebuilt from exported tensors (``ops`` are then labels only).
+    """
+
+    def __init__(
+        self,
+        channels: int = 16,
+        levels: int = 3,
+        ops: Sequence[str] | None = MULTISCALE_OPS,
+        upsample: str = "bilinear",
+        name: str | None = None,
+        *,
+        kernels: torch.Tensor | None = None,
+    ):
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+            raise ConfigError(
+                f"perception.levels={levels!r} is not valid; expected an integer >= 1 (1: the grid alone, "
+                "3: the grid at 1, 1/2 and 1/4 of its size)"
+            )
+        if upsample not in UPSAMPLE_MODES:
+            raise ConfigError(
+                f"perception.upsample={upsample!r} is not valid; expected {' | '.join(UPSAMPLE_MODES)}"
+            )
+        if kernels is None:
+            names = resolve_ops(ops)
+            weight = _depthwise(bank_kernels(names), channels)
+        else:
+            n, one, k, k2 = kernels.shape
+            if one != 1 or k != k2 or n % channels or not n:
+                raise ValueError(
+                    f"kernels of shape {tuple(kernels.shape)} are not a depthwise weight for {channels} channels"
+                )
+            names = tuple(ops or ())
+            if names and len(names) != n // channels:
+                raise ValueError(f"{len(names)} operators named, the kernels hold {n // channels}")
+            weight = kernels.detach().clone().float()
+        n_bank = weight.shape[0] // channels
+        super().__init__(
+            channels, n_ops=levels * n_bank, kernel_size=weight.shape[-1], name=name or "multiscale"
+        )
+        self.ops = names
+        self.n_bank = n_bank
+        self.levels = levels
+        self.upsample = upsample
+        self.register_buffer("weight", weight)
+
+    def bank_weight(self) -> torch.Tensor:
+        """The bank's depthwise weight ``C*n_bank x 1 x k x k`` (channel-major), applied at every level."""
+        return self.weight
+
+    def operator_weight(self) -> torch.Tensor:
+        raise NotImplementedError(
+            f"perception {self.name!r} reads its bank at {self.levels} scales: it is not one depthwise bank at one "
+            "scale, so it has no operator_weight(); read bank_weight() (the bank at every level), levels and "
+            "upsample, or call it (forward)"
+        )
+
+    @property
+    def coarsest(self) -> int:
+        """The coarsest level's pooling factor, ``2**(levels-1)``."""
+        return 2 ** (self.levels - 1)
+
+    def check_grid(self, height: int, width: int) -> None:
+        side = min(height, width)
+        if self.coarsest > side:
+            raise ConfigError(
+                f"perception.levels={self.levels}: the coarsest level pools by {self.coarsest}, more than the "
+                f"{height}x{width} grid's smaller side ({side}); at most perception.levels="
+                f"{max_levels(height, width)} on this grid (2^(levels-1) <= {side})"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        self.check_grid(h, w)
+        weight = self.weight.to(x.dtype)
+        pad = self.kernel_size // 2
+        levels = [F.conv2d(x, weight, padding=pad, groups=c)]
+        for level in range(1, self.levels):
+            f = 2**level
+            hc, wc = -(-h // f), -(-w // f)
+            coarse = F.avg_pool2d(F.pad(x, (0, wc * f - w, 0, hc * f - h)), f)
+            r = F.conv2d(coarse, weight, padding=pad, groups=c)
+            if self.upsample == "bilinear":
+                r = F.interpolate(r, scale_factor=f, mode="bilinear", align_corners=False)
+            else:
+                r = F.interpolate(r, scale_factor=f, mode="nearest")
+            levels.append(r[..., :h, :w])
+        n = self.n_bank
+        # Per channel: level 0's responses, then level 1's, ... (channel-major, as the contract orders them).
+        responses = torch.stack([r.reshape(b, c, n, h, w) for r in levels], dim=2)
+        return torch.cat([x, responses.reshape(b, c * self.n_ops, h, w)], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, levels={self.levels}, upsample={self.upsample}"
