@@ -86,3 +86,30 @@ def test_every_configured_perception_is_benchmarked():
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "perception"
     assert {p.stem for p in conf.glob("*.yaml")} == set(PERCEPTIONS)
+
+
+def test_flops_of_a_multiscale_bank_count_every_level():
+    """The bank at each level (a level pooled by 2**l has 4**-l of the cells), the pooling and the bilinear
+    upsampling of the coarse levels; the update network reads 16 x (1 + 3 operators x 3 levels) values."""
+    spec = Spec("multiscale", size=8, batch=1, steps=1, impl="ncalab")
+    c, h = 16, 128
+    dw = 2 * c * 3 * 9 * (1 + 1 / 4 + 1 / 16) + c * 2 + 8 * c * 3 * 2
+    l1, l2 = 2 * c * 10 * h, 2 * h * c
+    assert flops_per_iter(spec) == pytest.approx(64 * ((dw + l1 + l2) + (2 * (l1 + l2) + dw)))
+
+
+@pytest.mark.slow
+def test_bench_cli_times_the_multiscale_perception_against_its_baseline():
+    cmd = [sys.executable, "-m", "ncalab.bench", "--sizes", "13", "--steps", "2", "--batch", "2"]
+    cmd += ["--repeats", "1", "--warmup", "0", "--perceptions", "multiscale", "--precision", "fp32,bf16"]
+    cmd += ["--state", "pattern", "--peak-seconds", "0", "--json"]
+    result = warm.run(cmd, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [(r["perception"], r["impl"], r["precision"]) for r in rows] == [
+        ("multiscale", "baseline", "fp32"),
+        ("multiscale", "ncalab", "fp32"),
+        ("multiscale", "ncalab", "bf16"),
+    ]
+    assert all(r["s_per_iter"] > 0 and r["gflops"] > 0 for r in rows)
+    assert all(r["speedup"] > 0 for r in rows if r["impl"] == "ncalab")

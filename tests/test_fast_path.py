@@ -383,3 +383,99 @@ def test_a_rollout_derives_the_step_weights_once_and_the_next_rollout_sees_new_p
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     for a, b in zip(fast_grads, grads(nca, plain), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# --- the multi-scale perception: its own forward, the update network fast -----------------------------------------
+
+
+def make_multiscale(fire_rate: float = 0.5, upsample: str = "bilinear", **kwargs) -> NCA:
+    from ncalab.perception import MultiScalePerception
+
+    torch.manual_seed(0)
+    kwargs.setdefault("update_bias", True)
+    perception = MultiScalePerception(CHANNELS, levels=3, upsample=upsample)
+    nca = NCA(perception, channels=CHANNELS, hidden=HIDDEN, fire_rate=fire_rate, **kwargs)
+    nn.init.normal_(nca.update[-1].weight, std=0.1)
+    nn.init.normal_(nca.update[-1].bias, std=0.01)
+    nn.init.normal_(nca.update[0].bias, std=0.1)
+    return nca
+
+
+def test_the_multiscale_perception_is_outside_the_single_bank_contract():
+    """The fast path takes a multi-scale perception through its own forward: no per-operator weights, no
+    written-out sparse step, and its operator_weight() refuses, naming what to read instead."""
+    from ncalab import fast_step
+
+    nca = make_multiscale()
+    assert not fast_step.within_contract(nca.perception)
+    assert fast_step.step_weights(nca) is None
+    with pytest.raises(NotImplementedError, match=r"bank_weight\(\)"):
+        nca.perception.operator_weight()
+
+
+@pytest.mark.parametrize("upsample", ["bilinear", "nearest"])
+@pytest.mark.parametrize("sparse_below", [0.0, 1.0], ids=["dense", "live-cells-only"])
+@pytest.mark.parametrize("size", [12, 13], ids=["even", "odd"])
+def test_multiscale_fast_rollout_and_gradients_match_the_plain_step(
+    size, sparse_below, upsample, monkeypatch
+):
+    """The step used for the multi-scale perception (``NCA.step``: its forward, then the update network of the fast
+    path on every cell or on the gathered live rows) equals ``plain_step`` in values and in the gradients of
+    every parameter and of the input state, on a grid the pooling divides and on an odd one."""
+    seen = count_sparse_steps(monkeypatch)
+    nca = make_multiscale(upsample=upsample)
+    nca.sparse_below = sparse_below
+    x = random_state(size=size)
+    x[:, :, :, :4] = 0  # an empty strip: cells the live-cells-only path skips
+    results = []
+    for rollout in (nca.rollout, lambda x, n: plain_rollout(nca, x, n)):
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(7)
+        out = rollout(xi, 6)
+        params = [p for p in nca.parameters() if p.requires_grad]
+        results.append((out.detach(), torch.autograd.grad(loss_of(out), [xi, *params])))
+    (fast, fast_grads), (plain, plain_grads) = results
+    assert seen == []  # not the written-out step of single banks
+    assert 0.05 < (plain != 0).float().mean() < 1
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    assert len(fast_grads) == 1 + 4  # the input state and the update network (the bank is a buffer)
+    for a, b in zip(fast_grads, plain_grads, strict=True):
+        assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_multiscale_bf16_rollout_is_close_to_the_fp32_plain_step():
+    nca = make_multiscale(precision="bf16")
+    x = random_state(size=13)
+    torch.manual_seed(7)
+    low = nca.rollout(x, 6)
+    torch.manual_seed(7)
+    plain = plain_rollout(nca, x, 6)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, plain, rtol=0.05, atol=0.03)
+    for a, b in zip(grads(nca, low), grads(nca, plain), strict=True):
+        assert a.dtype == torch.float32
+        assert (a - b).norm() / (b.norm() + 1e-12) < 0.05
+
+
+def test_multiscale_perception_runs_in_bf16_as_a_gpu_step_runs_it():
+    """On a GPU the fast path runs the perception in bf16 (its forward gets a bf16 state): the bank follows the
+    state's dtype, and the result is the float32 one to bf16 rounding."""
+    from ncalab.perception import MultiScalePerception
+
+    p = MultiScalePerception(CHANNELS, levels=3)
+    x = random_state(size=13)
+    low = p(x.to(torch.bfloat16))
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), p(x), rtol=0.02, atol=0.02)
+
+
+def test_multiscale_bench_baseline_computes_the_same_rollout():
+    nca = make_multiscale()
+    base = BaselineNCA.from_nca(nca)
+    x = random_state(size=13)
+    torch.manual_seed(3)
+    ours = nca.rollout(x, 5)
+    torch.manual_seed(3)
+    theirs = base.rollout(x, 5)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

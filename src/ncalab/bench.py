@@ -23,6 +23,7 @@ start (:func:`matmul_peak`: the best of large ``torch.mm`` over at least a secon
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import math
@@ -45,6 +46,7 @@ from ncalab.perception import (
     BANKS,
     OPERATORS,
     FixedPerception,
+    MultiScalePerception,
     Perception,
     ScaledPerception,
     TrainablePerception,
@@ -74,6 +76,8 @@ PERCEPTIONS: dict[str, tuple[Callable[[], Perception], int | None]] = {
         lambda: ScaledPerception(CHANNELS, kernel_size=3, n_ops=2, name="trainable_scale"),
         None,
     ),
+    # conf/perception/multiscale.yaml: the bank [sobel3_x, sobel3_y, laplace3] at 3 levels, bilinear
+    "multiscale": (functools.partial(MultiScalePerception, CHANNELS, name="multiscale"), None),
 }
 BANK_PREFIX = "operators:"
 
@@ -140,7 +144,8 @@ class BaselineNCA(nn.Module):
     Same model as :class:`ncalab.nca.NCA` (``from_nca`` copies its weights), so the two compute the same rollout
     (the fire mask draws ``torch.rand(B, H, W, 1)``, the same numbers in the same order as the NCA's). It reads a
     perception only through the contract of :class:`ncalab.perception.Perception` (``operator_weight()``,
-    ``response_scale()``).
+    ``response_scale()``). A multi-scale perception is no single depthwise bank: the baseline calls its forward
+    (pool, bank, upsample per level, NCHW, as its public code does) on the channels-first view of the state.
     """
 
     def __init__(self, perception: Perception, channels: int = CHANNELS, hidden: int = HIDDEN):
@@ -148,17 +153,20 @@ class BaselineNCA(nn.Module):
         self.channels = channels
         self.n_ops = perception.n_ops
         self.kernel_size = k = perception.kernel_size
-        ops = perception.operator_weight().detach().clone()  # C*n x 1 x k x k, channel-major
-        trainable = any(p.requires_grad for p in perception.parameters())
-        if trainable:
-            self.ops = nn.Parameter(ops)
-        else:
-            self.register_buffer("ops", ops)
-        ident = torch.zeros(channels, 1, k, k)
-        ident[:, 0, k // 2, k // 2] = 1.0
-        self.register_buffer("ident", ident)
-        scale = perception.response_scale()
-        self.scale = None if scale is None else nn.Parameter(scale.detach().clone().reshape(-1))
+        self.multiscale = copy.deepcopy(perception) if isinstance(perception, MultiScalePerception) else None
+        self.scale = None
+        if self.multiscale is None:
+            ops = perception.operator_weight().detach().clone()  # C*n x 1 x k x k, channel-major
+            trainable = any(p.requires_grad for p in perception.parameters())
+            if trainable:
+                self.ops = nn.Parameter(ops)
+            else:
+                self.register_buffer("ops", ops)
+            ident = torch.zeros(channels, 1, k, k)
+            ident[:, 0, k // 2, k // 2] = 1.0
+            self.register_buffer("ident", ident)
+            scale = perception.response_scale()
+            self.scale = None if scale is None else nn.Parameter(scale.detach().clone().reshape(-1))
         self.fc0 = nn.Linear(channels * (1 + self.n_ops), hidden)
         self.fc1 = nn.Linear(hidden, channels)
         nn.init.zeros_(self.fc1.weight)
@@ -171,7 +179,9 @@ class BaselineNCA(nn.Module):
         w0 = nca.update[0].weight.detach().flatten(1)  # columns: identity c..., then c0:op0..opN, c1:...
         ident, resp = w0[:, :c], w0[:, c:].reshape(-1, c, n)
         # The baseline's perception is channel-major with the identity first: c0:id,op0..opN, c1:id,...
-        weight = torch.cat([ident[:, :, None], resp], dim=2).reshape(-1, c * (1 + n))
+        # (a multi-scale perception's forward gives the NCA's own order: identity, then the responses)
+        weight = w0 if base.multiscale is not None else torch.cat([ident[:, :, None], resp], dim=2)
+        weight = weight.reshape(-1, c * (1 + n))
         with torch.no_grad():
             base.fc0.weight.copy_(weight)
             base.fc0.bias.copy_(nca.update[0].bias)
@@ -192,7 +202,10 @@ class BaselineNCA(nn.Module):
         return F.max_pool2d(a, kernel_size=3, stride=1, padding=1).permute(0, 2, 3, 1) > 0.1
 
     def perceive(self, x: torch.Tensor) -> torch.Tensor:
-        """NHWC in, NHWC out: one depthwise convolution over the channels-last view."""
+        """NHWC in, NHWC out: one depthwise convolution over the channels-last view (a multi-scale perception:
+        its forward)."""
+        if self.multiscale is not None:
+            return self.multiscale(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         y = F.conv2d(
             x.permute(0, 3, 1, 2), self.kernels(), padding=self.kernel_size // 2, groups=self.channels
         )
@@ -247,8 +260,8 @@ class Spec:
 def flops_per_iter(spec: Spec) -> float:
     """Useful FLOPs of one training iteration (multiply-add = 2), see the module docstring."""
     perception = perception_factory(spec.perception)[0]()
-    c, n, k = CHANNELS, perception.n_ops, perception.kernel_size
-    dw = 2 * c * n * k * k
+    c, n = CHANNELS, perception.n_ops
+    dw = perception_flops(perception)
     l1 = 2 * c * (1 + n) * HIDDEN
     l2 = 2 * HIDDEN * c
     trainable = any(p.requires_grad for p in perception.parameters())
@@ -257,6 +270,20 @@ def flops_per_iter(spec: Spec) -> float:
     graph_steps = spec.steps if spec.backprop_steps is None else min(spec.backprop_steps, spec.steps)
     cells = spec.batch * spec.size * spec.size
     return float(cells * (spec.steps * fwd + graph_steps * bwd))
+
+
+def perception_flops(perception: Perception) -> float:
+    """Useful FLOPs of the perception per cell and step, forward (multiply-add = 2): the depthwise bank; for a
+    multi-scale perception the bank at each level (a level pooled by ``2**l`` has ``4**-l`` of the cells), the
+    pooling (an add per channel and coarse level) and the bilinear upsampling (4 multiply-adds per response and
+    coarse level; nearest: none)."""
+    c, k = CHANNELS, perception.kernel_size
+    if isinstance(perception, MultiScalePerception):
+        n, coarse = perception.n_bank, perception.levels - 1
+        bank = 2 * c * n * k * k * sum(4.0**-level for level in range(perception.levels))
+        upsample = (8 if perception.upsample == "bilinear" else 0) * c * n * coarse
+        return bank + c * coarse + upsample
+    return 2 * c * perception.n_ops * k * k
 
 
 STATES = ("pattern", "dense", "seed")

@@ -46,9 +46,15 @@ training, evaluation, media, the bench. How it differs from the plain step:
 - ``checkpoint_every=k`` checkpoints the rollout in segments of k steps (recompute instead of store):
   :func:`run_checkpointed`.
 
-A perception is used only through the contract written in ``ncalab.perception.Perception``: its depthwise
-``operator_weight()``, ``response_scale()``, ``kernel_size``, ``n_ops`` and ``channels``; a subclass that overrides
-``forward`` is outside the contract and is called as it is.
+A perception is used only through the contract written in ``ncalab.perception.Perception``: a single-scale bank
+through its depthwise ``operator_weight()``, ``response_scale()``, ``kernel_size``, ``n_ops`` and ``channels``. A
+perception with its own ``forward`` (:func:`within_contract` is false) is called as it is, on the whole grid, and
+its output (``C*(1 + n_ops)`` columns, channel-major) goes through the same update network, fast (every cell, or
+the rows that matter gathered, :class:`GatherRows`): the multi-scale perception
+(``ncalab.perception.MultiScalePerception``: pooling, a bank per level and upsampling do not fit the per-operator
+convolutions of :class:`SparseStep`) takes this path, in bf16 too (its forward casts its bank to the state's dtype;
+on CPU it runs in float32, as every perception does there). ``tests/test_fast_path.py`` checks that path against
+``NCA.plain_step`` in values and gradients.
 """
 
 from __future__ import annotations
