@@ -16,7 +16,12 @@ from omegaconf import OmegaConf
 from ncalab.checkpoint import check_compatible, load_nca, read_checkpoint
 from ncalab.errors import CheckpointError
 from ncalab.nca import NCA
-from ncalab.perception import FixedPerception, ScaledPerception, TrainablePerception
+from ncalab.perception import (
+    FixedPerception,
+    MultiScalePerception,
+    ScaledPerception,
+    TrainablePerception,
+)
 from ncalab.train import run
 
 
@@ -28,6 +33,7 @@ def build(config: dict) -> NCA:
     """What training builds from a trusted (composed) config."""
     classes = {"FixedPerception": FixedPerception, "TrainablePerception": TrainablePerception}
     classes["ScaledPerception"] = ScaledPerception
+    classes["MultiScalePerception"] = MultiScalePerception
     node = dict(config["perception"])
     cls = classes[node.pop("_target_").rsplit(".", 1)[1]]
     return NCA(cls(**node), **config["model"])
@@ -149,6 +155,40 @@ def test_data_mode_is_part_of_the_compatibility_check(tmp_path):
     legacy = json.loads(json.dumps(saved))
     del legacy["data"]["mode"]
     check_compatible({"hyper_parameters": {"config": legacy}}, run_config(tmp_path), "x.ckpt")
+
+
+def test_a_multiscale_checkpoint_is_compared_by_its_levels_bank_and_upsampling(tmp_path):
+    """Resuming a multi-scale checkpoint with other levels (or another bank, or upsampling) is refused, naming
+    both, with the command line that builds the checkpoint's perception again; the name does not count."""
+    saved = run_config(tmp_path, "perception=multiscale")
+    ckpt = {"hyper_parameters": {"config": saved}}
+    check_compatible(ckpt, run_config(tmp_path, "perception=multiscale", "perception.name=renamed"), "x.ckpt")
+    for override in (
+        "perception.levels=2",
+        "perception.ops=[sobel3_x,sobel3_y]",
+        "perception.upsample=nearest",
+    ):
+        with pytest.raises(CheckpointError) as err:
+            check_compatible(ckpt, run_config(tmp_path, "perception=multiscale", override), "x.ckpt")
+        message = str(err.value)
+        assert (
+            "perception: checkpoint has multiscale (identity + sobel3_x, sobel3_y, laplace3 at 3 levels, "
+            in message
+        )
+        assert (
+            "e.g. perception=multiscale perception.levels=3 'perception.ops=[sobel3_x,sobel3_y,laplace3]' "
+            "perception.upsample=bilinear)" in message
+        )
+
+
+def test_a_multiscale_checkpoint_cannot_give_its_bank_as_tensors(tmp_path):
+    """``kernels`` is a keyword of the class for exported tensors only: a checkpoint's config cannot set it."""
+    config = run_config(tmp_path, "perception=multiscale")
+    config["perception"]["kernels"] = [0.0] * 9
+    with pytest.raises(
+        CheckpointError, match=r"perception\.kernels is not a setting of MultiScalePerception"
+    ):
+        load_nca(save(config, tmp_path / "k.ckpt", build(run_config(tmp_path, "perception=multiscale"))))
 
 
 # --- saving -------------------------------------------------------------------------------------------------

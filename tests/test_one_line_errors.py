@@ -55,6 +55,31 @@ def test_bad_values_stop_the_run_before_training_naming_the_key(smoke_cfg, tmp_p
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["perception.levels=0"], r"^perception\.levels=0 is not valid; expected an integer >= 1"),
+        (["perception.levels=two"], r"^perception\.levels='two' is not valid"),
+        (
+            ["perception.levels=6", "data.target_size=16"],  # a 24x24 grid: the coarsest level pools by 32
+            r"^perception\.levels=6: the coarsest level pools by 32, more than the 24x24 grid's smaller side "
+            r"\(24\); at most perception\.levels=5 on this grid",
+        ),
+        (["perception.ops=[sobel3_x,sobel4_y]"], r"^perception\.ops: unknown operator 'sobel4_y'; known: "),
+        (["perception.upsample=bicubic"], r"^perception\.upsample='bicubic' is not valid; expected bilinear"),
+    ],
+)
+def test_bad_multiscale_settings_stop_the_run_before_training_naming_the_key(
+    smoke_cfg, tmp_path, overrides, message
+):
+    """perception=multiscale: its levels, operators and upsampling are checked when it is built, and its coarsest
+    level against the grid where the grid is first known (the data module and the model meet)."""
+    with pytest.raises(ConfigError, match=message) as err:
+        run(smoke_cfg("logger=csv", "perception=multiscale", *overrides))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.slow
 def test_train_py_says_it_in_one_line(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}

@@ -23,6 +23,7 @@ from ncalab.nca import NCA
 from ncalab.perception import (
     BANKS,
     FixedPerception,
+    MultiScalePerception,
     Perception,
     ScaledPerception,
     TrainablePerception,
@@ -50,8 +51,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # checkpoint's config is data: nothing it names is imported or called, and no ``${...}`` in it is resolved.
 PERCEPTION_CLASSES: dict[str, type[Perception]] = {
     f"ncalab.perception.{cls.__name__}": cls
-    for cls in (FixedPerception, TrainablePerception, ScaledPerception)
+    for cls in (FixedPerception, TrainablePerception, ScaledPerception, MultiScalePerception)
 }
+_MULTISCALE = f"ncalab.perception.{MultiScalePerception.__name__}"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -119,12 +121,24 @@ def _describe_perception(node: Any) -> str:
     ops = _fixed_ops(node)
     if ops is not None:
         return f"{node.get('name')} (identity + {', '.join(ops)})"
+    if isinstance(node, dict) and node.get("_target_") == _MULTISCALE:
+        bank = ", ".join(map(str, node.get("ops") or ()))
+        return (
+            f"{node.get('name')} (identity + {bank} at {node.get('levels')} levels, upsampled "
+            f"{node.get('upsample')})"
+        )
     return f"{node.get('name')} {node}" if isinstance(node, dict) else str(node)
 
 
 def _perception_override(node: Any) -> str:
     """The command-line choice that builds ``node`` again."""
     name = node.get("name", "?") if isinstance(node, dict) else "?"
+    if isinstance(node, dict) and node.get("_target_") == _MULTISCALE:
+        ops = ",".join(map(str, node.get("ops") or ()))
+        return (
+            f"perception={name} perception.levels={node.get('levels')} 'perception.ops=[{ops}]' "
+            f"perception.upsample={node.get('upsample')}"
+        )
     ops = _fixed_ops(node)
     if ops is None or BANKS.get(name) == ops:
         return f"perception={name}"

@@ -105,17 +105,27 @@ def _hydra_run_info() -> tuple[str | None, str | None, list[str]]:
 def run_name(overrides_name: str | None, perception: dict[str, Any] | None) -> str | None:
     """A run's W&B name: the job's overrides (``perception=sobel5,seed=1``), plus the operators of a fixed bank
     that neither its name nor the overrides give (``perception=operators`` with the ops set in an experiment file),
-    so that every bank's run names its operators."""
+    so that every bank's run names its operators; a multi-scale bank's levels and upsampling too
+    (``perception=multiscale,perception.levels=3,perception.ops=[...],perception.upsample=bilinear``)."""
     node = perception or {}
     ops, name = node.get("ops"), node.get("name")
-    if not isinstance(ops, list | tuple) or not ops or "perception.ops=" in (overrides_name or ""):
-        return overrides_name
+    given = overrides_name or ""
     from ncalab.perception import BANKS
 
-    if tuple(ops) == BANKS.get(name):
+    extra = []
+    for key in ("levels", "ops", "upsample"):  # levels and upsample: a multi-scale bank's settings
+        value = node.get(key)
+        if value is None or (isinstance(value, list | tuple) and not value) or f"perception.{key}=" in given:
+            continue
+        if key == "ops":
+            if not isinstance(ops, list | tuple) or tuple(ops) == BANKS.get(name):
+                continue
+            value = f"[{','.join(map(str, ops))}]"
+        extra.append(f"perception.{key}={value}")
+    if not extra:
         return overrides_name
-    given = f"perception.ops=[{','.join(map(str, ops))}]"
-    return f"{overrides_name},{given}" if overrides_name else f"perception={name},{given}"
+    joined = ",".join(extra)
+    return f"{overrides_name},{joined}" if overrides_name else f"perception={name},{joined}"
 
 
 def init_timeout_seconds(init_timeout: Any) -> float:

@@ -338,6 +338,8 @@ def _train(
         module.nca.render.scale
     )  # a decoder draws `scale` pixels per cell side: the grid is that much coarser
     datamodule = build(cfg.data, "data", **({"scale": scale} if scale != 1 else {}))
+    # Where the grid is first known: a perception that cannot read it (multi-scale levels coarser than the grid).
+    module.nca.perception.check_grid(datamodule.height, datamodule.width)
     if ckpt is not None:
         check_weights(ckpt, module.state_dict(), cfg.ckpt_path)
         built = module.configure_optimizers()  # thrown away: Lightning builds the run's own
