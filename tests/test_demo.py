@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import functools
 import json
 import math
@@ -60,6 +61,13 @@ EXTRA = ("sobel5_diag", "trainable_scale")
 # A bank of fixed operators of mixed sizes (3x3, 5x5, the dilated 3x3 stored as 5x5), exported as <root>/<name>/.
 MIXED_BANK = "operators_mixed"
 MIXED_OPS = ["sobel3_x", "sobel3_y", "laplace5", "gauss3", "sobel3_dil2_x"]
+# A multi-scale bank beside perception=multiscale's default (3 levels, bilinear, on the 32x32 grid every perception
+# runs on): 4 levels upsampled nearest on an odd grid (29x29: the pooling by 2, 4 and 8 pads its edge), and 3
+# levels bilinear on another odd grid (27x27), exported as <root>/<name>/.
+MULTISCALE_ODD = {
+    "multiscale_nearest_odd": (29, ("perception.levels=4", "perception.upsample=nearest")),
+    "multiscale_bilinear_odd": (27, ("perception.ops=[sobel3_x,sobel3_y,gauss5]",)),
+}
 
 # The demo left alone (test_shipped_model_stays_alive): steps from the seed before the cut, steps to regrow after
 # it, and how often the state is checked.
@@ -110,7 +118,9 @@ def find_chromium() -> str | None:
 # --- models ------------------------------------------------------------------------------------------------
 
 
-def stable_random_nca(perception: str, out: Path, seed: int = 0, *overrides: str) -> tuple[NCA, dict]:
+def stable_random_nca(
+    perception: str, out: Path, seed: int = 0, *overrides: str, grid: int = GRID
+) -> tuple[NCA, dict]:
     """An NCA with non-zero random update weights whose state stays bounded, for a meaningful parity check.
 
     Hidden units 2c and 2c+1 read +x_c and -x_c and feed -0.2 x_c back (every channel decays), the other units
@@ -124,7 +134,7 @@ def stable_random_nca(perception: str, out: Path, seed: int = 0, *overrides: str
         "experiment=smoke",
         f"perception={perception}",
         f"model.hidden={HIDDEN}",
-        f"data.target_size={GRID - 8}",
+        f"data.target_size={grid - 8}",
         "data.padding=4",
         "model.update_bias=true",
         *overrides,
@@ -140,7 +150,11 @@ def stable_random_nca(perception: str, out: Path, seed: int = 0, *overrides: str
         w1, w2 = conv1.weight[:, :, 0, 0], conv2.weight[:, :, 0, 0]
         # Responses that can exceed the state (sum |kernel| > 1: a Laplacian's is 6) are read with weights divided
         # by that sum, or the random units would amplify them step after step until the state blows up.
-        gain = nca.perception.operator_weight().detach().abs().flatten(1).sum(1).clamp(min=1.0)
+        p = nca.perception
+        levels = getattr(p, "levels", 1)  # a multi-scale bank: every level reads with the bank's gain
+        bank = p.bank_weight() if hasattr(p, "bank_weight") else p.operator_weight()
+        gain = bank.detach().abs().flatten(1).sum(1).clamp(min=1.0)
+        gain = gain.view(nca.channels, 1, -1).expand(-1, levels, -1).reshape(-1)
         w1[:, nca.channels :] /= gain
         w2.copy_(torch.randn(w2.shape, generator=g) * 0.1)
         for c in range(nca.channels):
@@ -152,7 +166,6 @@ def stable_random_nca(perception: str, out: Path, seed: int = 0, *overrides: str
             w2[c, 2 * c], w2[c, 2 * c + 1] = -0.2, 0.2
         conv2.bias.copy_(torch.randn(nca.channels, generator=g) * 0.01)
         conv2.bias[3] = 0.06
-        p = nca.perception
         if isinstance(p.weight, torch.nn.Parameter):
             p.weight.add_(torch.randn(p.weight.shape, generator=g) * 0.05)
         if hasattr(p, "scale"):
@@ -232,6 +245,11 @@ def site(tmp_path_factory):
     ckpt = save_checkpoint(nca, config, work / f"{MIXED_BANK}.ckpt", step=7)
     assert demo_main(["export", str(ckpt), str(root / MIXED_BANK), "--name", MIXED_BANK]) == 0
     models[MIXED_BANK] = (nca, reference_rollout(nca))
+    for name, (side, overrides) in MULTISCALE_ODD.items():
+        nca, config = stable_random_nca("multiscale", work / name, 0, *overrides, grid=side)
+        ckpt = save_checkpoint(nca, config, work / f"{name}.ckpt", step=7)
+        assert demo_main(["export", str(ckpt), str(root / name), "--name", name]) == 0
+        models[name] = (nca, reference_rollout(nca, (side, side)))
     assert demo_main(["export", str(root / "shipped")]) == 0
     sources = {name: pretrained_dir(name) for name in SHIPPED} | {name: root / name for name in EXTRA}
     export_models(root / "picker", sources, default=OPENS_ON)
@@ -510,6 +528,47 @@ def test_parity_with_pytorch_for_a_mixed_size_bank(site, page, backend):
     assert alive(reference).sum() > 100 and np.abs(reference[:4] - seed[:4]).max() > 0.1
     err = float(np.abs(state - reference).max())
     assert err < PARITY_TOL, f"{backend}/{MIXED_BANK}: max |error| {err} after {PARITY_STEPS} steps"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["js", "webgl"])
+def test_parity_with_pytorch_for_multiscale_banks_on_odd_grids(site, page, backend):
+    """Multi-scale banks (``perception=multiscale``; the default, 3 levels bilinear, is in the parity test of every
+    perception) on odd grids, where the pooling pads the grid's edge: 4 levels upsampled nearest on 29x29, 3 levels
+    bilinear with a 5x5 operator in the bank on 27x27. 64 steps at fire rate 1 from the seed, every channel within
+    1e-3 of PyTorch; model.json describes the levels, the bank and the upsampling, and the page names them."""
+    root, base, models = site
+    for name, (side, _) in MULTISCALE_ODD.items():
+        nca, reference = models[name]
+        p = nca.perception
+        meta = json.loads((root / name / "model.json").read_text())
+        described = {k: meta["perception"][k] for k in ("levels", "ops", "upsample", "n_ops", "kernel_size")}
+        assert described == {
+            "levels": p.levels,
+            "ops": list(p.ops),
+            "upsample": p.upsample,
+            "n_ops": p.levels * len(p.ops),
+            "kernel_size": p.kernel_size,
+        }
+        assert meta["grid"] == [side, side] and side % p.coarsest
+        # The coarse levels matter: without their columns in the first layer the rollout is another one.
+        blind = copy.deepcopy(nca)
+        with torch.no_grad():
+            w = blind.update[0].weight.view(blind.hidden, -1)[:, nca.channels :]
+            w.view(blind.hidden, nca.channels, p.levels, -1)[:, :, 1:] = 0.0
+        assert np.abs(reference_rollout(blind, (side, side)) - reference).max() > 0.01, name
+        info = open_demo(page, f"{base}/{name}/index.html?backend={backend}&paused=1")
+        if backend == "webgl" and info["backend"] != "webgl":
+            pytest.skip(f"no WebGL2 in this headless Chromium ({info['error']}); the JS backend is tested")
+        text = page.locator("#model-perception").inner_text()
+        expected = f"multiscale: {len(p.ops)} operators at {p.levels} scales ({p.upsample}), {p.kernel_size}x"
+        assert expected in text, text
+        page.evaluate(f"() => {{ nca.setFireRate(1); nca.reset(); nca.step({PARITY_STEPS}); }}")
+        state = read_state(page, info["meta"])
+        seed = nca.seed(1, side, side)[0].numpy()
+        assert alive(reference).sum() > 100 and np.abs(reference[:4] - seed[:4]).max() > 0.1, name
+        err = float(np.abs(state - reference).max())
+        assert err < PARITY_TOL, f"{backend}/{name}: max |error| {err} after {PARITY_STEPS} steps"
 
 
 @pytest.mark.slow

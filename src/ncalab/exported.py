@@ -3,7 +3,10 @@ writes it), from the stored tensors alone.
 
 Nothing named in the files is imported or instantiated: the perception is a fixed depthwise convolution with the
 stored ``kernels`` and per-response ``scale`` (exactly what the model applied when it was exported, whichever
-perception it was trained with), the update network is the stored ``w1``/``b1``/``w2``/``b2``. The folder's
+perception it was trained with), or, where ``model.json``'s perception gives ``levels`` and ``upsample``, a
+multi-scale perception reading the stored bank ``kernels`` at those levels
+(:class:`ncalab.perception.MultiScalePerception` built from the tensors); the update network is the stored
+``w1``/``b1``/``w2``/``b2``. The folder's
 ``model.json`` also holds the run's config (``config``: data, rollout, ...), which is what evaluation reads.
 """
 
@@ -19,7 +22,7 @@ import torch
 
 from ncalab.errors import NCALabError
 from ncalab.nca import NCA
-from ncalab.perception import Perception
+from ncalab.perception import MultiScalePerception, Perception
 from ncalab.render import build_render, decoder_tensors, load_decoder_tensors
 
 __all__ = ["MODEL_FORMAT", "ModelFolderError", "StoredPerception", "is_model_folder", "load_model_folder"]
@@ -149,6 +152,28 @@ def _read_tensors(
     return tensors
 
 
+def _stored_multiscale(
+    described: dict[str, Any], kernels: torch.Tensor, scale: torch.Tensor, channels: int, ops: tuple[str, ...]
+) -> MultiScalePerception:
+    """The multi-scale perception ``model.json`` describes (``levels``, ``upsample``), reading the stored bank
+    ``kernels`` (``C*n_bank x 1 x k x k``); its responses carry no scale (the stored one must be all ones)."""
+    levels, upsample, name = described.get("levels"), described.get("upsample"), described.get("name")
+    if isinstance(levels, bool) or not isinstance(levels, int) or not isinstance(upsample, str):
+        raise ValueError(
+            f"model.json's multi-scale perception has levels={levels!r}, upsample={upsample!r}: "
+            "an integer and a mode are expected"
+        )
+    perception = MultiScalePerception(
+        channels, levels, ops or None, upsample, name=str(name) if name else None, kernels=kernels
+    )
+    if scale.shape != (perception.channels * perception.n_ops,) or not bool((scale == 1).all()):
+        raise ValueError(
+            f"a multi-scale perception stores ones as its scale ({perception.channels * perception.n_ops} of "
+            f"them), this one has {tuple(scale.shape)} values, not all 1"
+        )
+    return perception
+
+
 def load_model_folder(path: str | Path) -> tuple[NCA, dict[str, Any]]:
     """Rebuild the exported :class:`NCA` (in eval mode, fp32, on the CPU); returns ``(nca, model.json)``.
 
@@ -173,7 +198,10 @@ def load_model_folder(path: str | Path) -> tuple[NCA, dict[str, Any]]:
     ops = described.get("ops")
     ops = tuple(ops) if isinstance(ops, list) and all(isinstance(o, str) for o in ops) else ()
     try:
-        perception = StoredPerception(kernels, scale, channels, name=str(name) if name else None, ops=ops)
+        if "levels" in described or "upsample" in described:
+            perception = _stored_multiscale(described, kernels, scale, channels, ops)
+        else:
+            perception = StoredPerception(kernels, scale, channels, name=str(name) if name else None, ops=ops)
         hidden = w1.shape[0]
         expected = {
             "w1": (hidden, perception.out_channels),

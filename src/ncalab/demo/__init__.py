@@ -11,7 +11,10 @@ WebGL2 (float render targets) on a GPU, plain JavaScript (``Float32Array``) wher
 emulated in software (SwiftShader, where plain JS is faster); ``?backend=webgl|js`` forces one. Every perception works: the exported weights are the depthwise operator weight exactly as the
 model applies it (``C*n_ops x 1 x k x k``, channel-major; a bank of mixed kernel sizes zero-padded to its largest),
 a per-response scale factor (ones for unscaled perceptions), and the two 1x1 convolutions of the update network:
-the perception contract of ``ncalab.perception.Perception``.
+the perception contract of ``ncalab.perception.Perception``. A multi-scale perception
+(``ncalab.perception.MultiScalePerception``) exports its bank (``C*n_bank x 1 x k x k``, read at every level) as
+``kernels``, ones as ``scale`` (``C*n_ops``), and ``levels`` and ``upsample`` in ``model.json``'s perception; the
+page pools the state, applies the bank and upsamples per level as PyTorch does.
 
 Files written by :func:`export_model` (one model):
 
@@ -51,7 +54,7 @@ from torch import nn
 
 from ncalab.errors import NCALabError, kind_of
 from ncalab.nca import NCA
-from ncalab.perception import Perception
+from ncalab.perception import MultiScalePerception, Perception
 from ncalab.render import decoder_tensors
 
 __all__ = [
@@ -115,19 +118,31 @@ def _response_scale(perception) -> torch.Tensor:
     return factor
 
 
+def _is_multiscale(p: Perception) -> bool:
+    """A multi-scale perception that computes what its class does (a subclass with another forward is not)."""
+    return isinstance(p, MultiScalePerception) and type(p).forward is MultiScalePerception.forward
+
+
 @torch.no_grad()
 def model_tensors(nca: NCA) -> dict[str, torch.Tensor]:
     """The float32 tensors the browser needs, in the exact layout the PyTorch model applies them: the perception
     contract's ``operator_weight()`` and ``response_scale()`` (``ncalab.perception.Perception``), then the update
     network. A bank of mixed kernel sizes arrives already zero-padded to its largest size."""
     p = nca.perception
-    if type(p).forward is not Perception.forward:
+    multiscale = _is_multiscale(p)
+    if type(p).forward is not Perception.forward and not multiscale:
         raise ExportError(
             f"perception {p.name!r} ({type(p).__name__}) computes its own forward: the page runs only what "
-            "operator_weight() and response_scale() describe"
+            "operator_weight() and response_scale() describe, or a multi-scale bank"
         )
-    kernels = p.operator_weight().detach().float().cpu()
-    n = p.channels * p.n_ops
+    if multiscale:  # the bank, read at every level (levels and upsample go in model.json); no response scale
+        kernels = p.bank_weight().detach().float().cpu()
+        n = p.channels * p.n_bank
+        scale = torch.ones(p.channels * p.n_ops)
+    else:
+        kernels = p.operator_weight().detach().float().cpu()
+        n = p.channels * p.n_ops
+        scale = _response_scale(p)
     if kernels.shape != (n, 1, p.kernel_size, p.kernel_size):
         raise ExportError(
             f"operator weight has shape {tuple(kernels.shape)}, expected {(n, 1, p.kernel_size, p.kernel_size)}"
@@ -136,7 +151,7 @@ def model_tensors(nca: NCA) -> dict[str, torch.Tensor]:
     hidden = conv1.out_channels
     tensors = {
         "kernels": kernels,
-        "scale": _response_scale(p),
+        "scale": scale,
         "w1": conv1.weight.detach().float().cpu().reshape(hidden, p.out_channels),
         "b1": (conv1.bias if conv1.bias is not None else torch.zeros(hidden)).detach().float().cpu(),
         "w2": conv2.weight.detach().float().cpu().reshape(nca.channels, hidden),
@@ -246,6 +261,9 @@ def export_model(
     ``folder`` must be new, empty or written by an earlier export, unless ``force`` (:func:`check_export_folder`)."""
     folder = check_export_folder(folder, force)
     tensors = model_tensors(nca)  # fails on a model the page cannot run, before anything is written
+    p = nca.perception
+    page_grid = _grid(config, grid, nca.render.scale)
+    p.check_grid(*page_grid)  # a multi-scale perception's coarsest level must fit the page's grid
     write_static(folder)
     table, chunks, offset = {}, [], 0
     for key, t in tensors.items():
@@ -254,7 +272,6 @@ def export_model(
         chunks.append(flat.tobytes())
         offset += flat.size
     blob = b"".join(chunks)
-    p = nca.perception
     meta: dict[str, Any] = {
         "format": FORMAT,
         "name": name or (config.get("data") or {}).get("target") or "model",
@@ -265,12 +282,14 @@ def export_model(
             "kernel_size": p.kernel_size,
             "scale_mode": getattr(p, "scale_mode", None),  # a label for the page
             "ops": list(p.ops) or None,  # a fixed bank's operators, in response order
+            # a multi-scale bank: read at `levels` scales, upsampled so (n_ops = levels x len(ops))
+            **({"levels": p.levels, "upsample": p.upsample} if _is_multiscale(p) else {}),
         },
         "channels": nca.channels,
         "hidden": int(tensors["w1"].shape[0]),
         "fire_rate": float(nca.fire_rate),
         "alive_threshold": float(nca.alive_threshold),
-        "grid": _grid(config, grid, nca.render.scale),
+        "grid": page_grid,
         "render": nca.render.config(),  # cells: one pixel per cell; decoder: the image is grid x scale pixels
         "dtype": "float32",
         "byte_order": "little",
@@ -309,7 +328,11 @@ def _index_entry(name: str, path: str, meta: dict[str, Any], card: bool) -> dict
     return {
         "name": name,
         "path": path,
-        "perception": {k: perception.get(k) for k in ("name", "n_ops", "kernel_size", "scale_mode", "ops")},
+        "perception": {
+            k: perception.get(k)
+            for k in ("name", "n_ops", "kernel_size", "scale_mode", "ops", "levels", "upsample")
+            if k in perception or k not in ("levels", "upsample")  # those two: a multi-scale bank's
+        },
         "grid": meta.get("grid"),
         "channels": meta.get("channels"),
         "hidden": meta.get("hidden"),

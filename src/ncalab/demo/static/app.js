@@ -79,17 +79,25 @@
     return model.meta.target ? new URL(model.meta.target, model.baseUrl || location.href).href : null;
   }
 
-  // e.g. "operators: 3 operators, 5x5 (sobel3_x, sobel3_y, laplace5)": a bank of mixed sizes runs at its largest.
+  // e.g. "operators: 3 operators, 5x5 (sobel3_x, sobel3_y, laplace5)": a bank of mixed sizes runs at its largest;
+  // a multi-scale bank: "multiscale: 3 operators at 3 scales (bilinear), 3x3 (sobel3_x, sobel3_y, laplace3)".
   function perceptionText(pr) {
-    return pr.name + ': ' + pr.n_ops + (pr.n_ops === 1 ? ' operator' : ' operators') + ', ' +
+    const levels = pr.levels || 1, nb = pr.n_ops / levels;
+    return pr.name + ': ' + nb + (nb === 1 ? ' operator' : ' operators') +
+      (levels > 1 ? ' at ' + levels + ' scales (' + pr.upsample + ')' : '') + ', ' +
       pr.kernel_size + 'x' + pr.kernel_size + (pr.scale_mode ? ', scale ' + pr.scale_mode : '') +
       (pr.ops && pr.ops.length ? ' (' + pr.ops.join(', ') + ')' : '');
   }
 
+  // "3 x 3x3" (operators x kernel), "3 x 3x3 x 3 scales" for a multi-scale bank.
+  function bankText(pr) {
+    const levels = pr.levels || 1;
+    return pr.n_ops / levels + ' x ' + pr.kernel_size + 'x' + pr.kernel_size + (levels > 1 ? ' x ' + levels + ' scales' : '');
+  }
+
   function optionLabel(e) {
     const pr = e.perception;
-    return e.name + ' · ' + pr.name + ' (' + pr.n_ops + ' x ' + pr.kernel_size + 'x' + pr.kernel_size + ') · ' +
-      e.grid[0] + 'x' + e.grid[1];
+    return e.name + ' · ' + pr.name + ' (' + bankText(pr) + ') · ' + e.grid[0] + 'x' + e.grid[1];
   }
 
   // The picker offers the index's models; a model loaded by file or URL shows as one more, unnamed, option.
@@ -173,7 +181,7 @@
     showInPicker(model, entry, origin);
     const m = model.meta, pr = m.perception;
     $('model-name').textContent = '· ' + model.name;
-    $('model-info').textContent = pr.name + ' (' + pr.n_ops + ' x ' + pr.kernel_size + 'x' + pr.kernel_size +
+    $('model-info').textContent = pr.name + ' (' + bankText(pr) +
       (pr.scale_mode ? ', scale ' + pr.scale_mode : '') + ') · ' + m.grid[0] + 'x' + m.grid[1] + ' grid · ' +
       m.channels + ' channels · hidden ' + m.hidden + ' · backend ' + ui.auto.backend.name +
       (ui.auto.backendError ? ' (not WebGL2: ' + ui.auto.backendError + ')' : '') +

@@ -5,12 +5,18 @@
 // fire, residual add, alive after), from the exported parts of the perception (ncalab.perception.Perception):
 // responses are channel-major (c0 op0..opN-1, c1 ...), every operator k x k (the export zero-pads the smaller
 // kernels of a mixed-size bank, centred, to the largest), times the response scale.
+// A multi-scale perception (model.json's perception has levels > 1; ncalab.perception.MultiScalePerception)
+// reads its bank of nb operators at every level l < levels: the state average-pooled by f = 2^l (blocks from the
+// top-left corner, cells past the grid's edge counting as zero, the sum divided by f*f), the bank applied there
+// with zero padding, the responses upsampled back (bilinear as PyTorch's align_corners=False, or nearest); per
+// channel the responses are level 0's nb, then level 1's, ... (n = levels * nb). Level 0 is the plain bank.
 // Only cells within 2 of a live cell (5x5 max of alpha > threshold) can survive or affect a survivor, so others
 // are not evaluated: this changes no value, it only skips work that the mask throws away.
 (function (global) {
   'use strict';
 
   const FORMAT = 'ncalab-demo/1';
+  const range = (a) => Array.from({ length: a }, (_, i) => i);
 
   function base64ToBuffer(b64) {
     const bin = atob(b64);
@@ -42,6 +48,23 @@
       this.hidden = meta.hidden;
       this.n = meta.perception.n_ops;
       this.k = meta.perception.kernel_size;
+      // A multi-scale bank: nb operators read at `levels` scales (1: a bank at the grid's own scale).
+      this.levels = meta.perception.levels || 1;
+      this.upsample = meta.perception.upsample || 'bilinear';
+      this.nb = this.n / this.levels;
+      if (!Number.isInteger(this.nb) || this.nb < 1 || !(this.upsample === 'bilinear' || this.upsample === 'nearest')) {
+        throw new Error('perception with ' + this.n + ' responses at ' + this.levels + ' levels, upsample ' +
+          this.upsample + ': not a multi-scale bank this page can run');
+      }
+      if ((1 << (this.levels - 1)) > Math.min(meta.grid[0], meta.grid[1])) {
+        throw new Error(this.levels + ' levels do not fit a ' + meta.grid[0] + 'x' + meta.grid[1] + ' grid');
+      }
+      // Level l (1 .. levels-1): pooled by f = 2^l to Hl x Wl cells.
+      this.coarse = [];
+      for (let l = 1; l < this.levels; l++) {
+        const f = 1 << l;
+        this.coarse.push({ l, f, H: Math.ceil(meta.grid[0] / f), W: Math.ceil(meta.grid[1] / f) });
+      }
       this.H = meta.grid[0];
       this.W = meta.grid[1];
       this.P = this.C * (1 + this.n);
@@ -64,7 +87,7 @@
         return all.subarray(t.offset, t.offset + size);
       };
       const C = this.C, n = this.n, k = this.k;
-      this.kernels = tensor('kernels', C * n * k * k); // [(c*n+o)][ky][kx]
+      this.kernels = tensor('kernels', C * this.nb * k * k); // [(c*nb+o)][ky][kx], the bank (at every level)
       this.scale = tensor('scale', C * n); // [c*n+o]
       this.w1 = tensor('w1', this.hidden * this.P); // [h][p]
       this.b1 = tensor('b1', this.hidden);
@@ -224,6 +247,55 @@
     return out;
   }
 
+  // A multi-scale bank's coarse levels for the state x: per level (model.coarse), the state pooled by f and the
+  // bank's responses there, out[l - 1] = Float32Array [(c*nb+o)][I][J] (Hl x Wl), rounded to float32 as PyTorch's.
+  function coarseResponses(m, x, pooled, out) {
+    const { C, H, W, nb, k } = m, HW = H * W, r = k >> 1, kk = k * k, K = m.kernels;
+    for (let li = 0; li < m.coarse.length; li++) {
+      const { f, H: hl, W: wl } = m.coarse[li], P = pooled[li], R = out[li], area = f * f, hw = hl * wl;
+      for (let c = 0; c < C; c++) {
+        for (let I = 0; I < hl; I++) {
+          for (let J = 0; J < wl; J++) {
+            let s = 0;
+            for (let i = I * f; i < Math.min(I * f + f, H); i++) {
+              for (let j = J * f; j < Math.min(J * f + f, W); j++) s += x[c * HW + i * W + j];
+            }
+            P[c * hw + I * wl + J] = Math.fround(Math.fround(s) / area);
+          }
+        }
+      }
+      for (let c = 0; c < C; c++) {
+        for (let o = 0; o < nb; o++) {
+          const kb = (c * nb + o) * kk, rb = (c * nb + o) * hw;
+          for (let I = 0; I < hl; I++) {
+            for (let J = 0; J < wl; J++) {
+              let s = 0;
+              for (let ky = 0; ky < k; ky++) {
+                const yy = I + ky - r;
+                if (yy < 0 || yy >= hl) continue;
+                for (let kx = 0; kx < k; kx++) {
+                  const xx = J + kx - r;
+                  if (xx < 0 || xx >= wl) continue;
+                  s += K[kb + ky * k + kx] * P[c * hw + yy * wl + xx];
+                }
+              }
+              R[rb + I * wl + J] = Math.fround(s);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // Where fine index i reads a level pooled by f (n coarse cells): PyTorch's upsampling source index.
+  function upsampleIndex(mode, i, f, n) {
+    if (mode === 'nearest') return [Math.min(Math.floor(i / f), n - 1), 0, 0];
+    let s = (i + 0.5) / f - 0.5;
+    if (s < 0) s = 0;
+    const i0 = Math.min(Math.floor(s), n - 1);
+    return [i0, Math.min(i0 + 1, n - 1), s - i0];
+  }
+
   class CpuBackend {
     constructor(model) {
       this.name = 'js';
@@ -243,6 +315,12 @@
       // W2 transposed ([h][c]): the output layer reads only the rows of active hidden units, contiguously.
       this.w2t = new Float64Array(hidden * C);
       for (let h = 0; h < hidden; h++) for (let c = 0; c < C; c++) this.w2t[h * C + c] = model.w2[c * hidden + h];
+      // A multi-scale bank: each coarse level's pooled state and responses, and every fine row's and column's
+      // source cells and weights at each level.
+      this.pooled = model.coarse.map((lv) => new Float32Array(C * lv.H * lv.W));
+      this.coarseOut = model.coarse.map((lv) => new Float32Array(C * model.nb * lv.H * lv.W));
+      this.rowSrc = model.coarse.map((lv) => range(H).map((i) => upsampleIndex(model.upsample, i, lv.f, lv.H)));
+      this.colSrc = model.coarse.map((lv) => range(W).map((j) => upsampleIndex(model.upsample, j, lv.f, lv.W)));
     }
 
     setState(x) { this.state.set(x); }
@@ -251,13 +329,14 @@
 
     step(fire) {
       const m = this.model;
-      const { C, H, W, P, hidden, n, k, threshold } = m;
+      const { C, H, W, P, hidden, n, nb, k, threshold } = m;
       const HW = H * W, r = k >> 1, kk = k * k;
       const K = m.kernels, S = m.scale, w1 = this.w1, b1 = m.b1, w2t = this.w2t, b2 = m.b2;
       const x = this.state, y = this.next, p = this.p, hv = this.hv, act = this.act, out = this.out;
       const pre = this.pre, post = this.post, near = this.near;
       alivePool(x.subarray(3 * HW, 4 * HW), H, W, threshold, pre);
       dilate(pre, H, W, near);
+      if (m.coarse.length) coarseResponses(m, x, this.pooled, this.coarseOut);
       y.set(x);
       for (let i = 0; i < H; i++) {
         for (let j = 0; j < W; j++) {
@@ -266,8 +345,8 @@
           for (let c = 0; c < C; c++) p[c] = x[c * HW + idx];
           for (let c = 0; c < C; c++) {
             const plane = c * HW;
-            for (let o = 0; o < n; o++) {
-              const kb = (c * n + o) * kk;
+            for (let o = 0; o < nb; o++) {
+              const kb = (c * nb + o) * kk;
               let s = 0;
               for (let ky = 0; ky < k; ky++) {
                 const yy = i + ky - r;
@@ -280,6 +359,23 @@
                 }
               }
               p[C + c * n + o] = Math.fround(Math.fround(s) * S[c * n + o]);
+            }
+          }
+          for (let li = 0; li < m.coarse.length; li++) {
+            // Level l's responses at this cell: the coarse responses upsampled (bilinear: PyTorch's order).
+            const { l, H: hl, W: wl } = m.coarse[li], R = this.coarseOut[li], hw = hl * wl;
+            const [y0, y1, ly] = this.rowSrc[li][i], [x0, x1, lx] = this.colSrc[li][j];
+            const a00 = y0 * wl + x0, a01 = y0 * wl + x1, a10 = y1 * wl + x0, a11 = y1 * wl + x1;
+            for (let c = 0; c < C; c++) {
+              for (let o = 0; o < nb; o++) {
+                const rb = (c * nb + o) * hw, q = c * n + l * nb + o;
+                let v = R[rb + a00];
+                if (m.upsample === 'bilinear') {
+                  v = Math.fround((1 - ly) * ((1 - lx) * R[rb + a00] + lx * R[rb + a01]) +
+                    ly * ((1 - lx) * R[rb + a10] + lx * R[rb + a11]));
+                }
+                p[C + q] = Math.fround(v * S[q]);
+              }
             }
           }
           // Hidden layer, four units at a time (each p[q] read once for four independent sums), then the output
@@ -351,10 +447,21 @@
           gl.getParameter(gl.MAX_DRAW_BUFFERS));
       }
       if (Math.max(H, W) > gl.getParameter(gl.MAX_TEXTURE_SIZE)) throw new Error('grid too large for WebGL2');
+      if (model.coarse.length && 2 * this.T + 2 > gl.getParameter(gl.MAX_TEXTURE_IMAGE_UNITS)) {
+        throw new Error('a multi-scale bank on ' + C + ' channels needs ' + (2 * this.T + 2) +
+          ' texture units; this WebGL2 has ' + gl.getParameter(gl.MAX_TEXTURE_IMAGE_UNITS));
+      }
       gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
       gl.pixelStorei(gl.PACK_ALIGNMENT, 1);
       this.buildWeights();
       this.sets = [0, 1, 2].map(() => this.makeSet());
+      // A multi-scale bank: the pooled coarse levels side by side in one atlas (level l at column off[l - 1]).
+      if (model.coarse.length) {
+        this.off = [];
+        let aw = 0;
+        for (const lv of model.coarse) { this.off.push(aw); aw += lv.W; }
+        this.atlas = this.makeSet(aw, model.coarse[0].H);
+      }
       this.cur = 0;
       this.fireTex = this.makeTexture(gl.R8, W, H, gl.RED, gl.UNSIGNED_BYTE, null);
       this.buildPrograms();
@@ -383,8 +490,8 @@
       return tex;
     }
 
-    makeSet() {
-      const gl = this.gl, { H, W } = this.model;
+    makeSet(W = this.model.W, H = this.model.H) {
+      const gl = this.gl;
       const texs = [];
       const fbo = gl.createFramebuffer();
       gl.bindFramebuffer(gl.FRAMEBUFFER, fbo);
@@ -397,23 +504,23 @@
         throw new Error('WebGL2 cannot render to float textures here');
       }
       gl.bindFramebuffer(gl.FRAMEBUFFER, null);
-      return { texs, fbo };
+      return { texs, fbo, W, H };
     }
 
     // Weight texture (vec4 per texel):
-    //   kernels: [t][o][ky][kx] -> channels 4t..4t+3 of operator o      (KOFF)
-    //   scale:   [t][o]                                                 (SOFF)
+    //   kernels: [t][o][ky][kx] -> channels 4t..4t+3 of operator o      (KOFF; o < nb, the bank)
+    //   scale:   [t][o]                                                 (SOFF; o < n, every response)
     //   rows:    per hidden unit h: P4 vec4 of W1 (in the shader's perception order), vec4(b1[h]),
     //            then T vec4 of W2[4t..4t+3][h]                         (ROFF, stride RS)
     //   b2:      T vec4                                                  (B2OFF)
     // The shader's perception order is q[t] = x[4t..4t+3], q[T + t*n + o] = responses of channels 4t..4t+3 to op o.
     buildWeights() {
       const m = this.model, gl = this.gl;
-      const { C, n, k, hidden, P } = m, T = this.T, kk = k * k;
+      const { C, n, nb, k, hidden, P } = m, T = this.T, kk = k * k;
       const P4 = T * (1 + n);
       this.P4 = P4;
       this.KOFF = 0;
-      this.SOFF = this.KOFF + T * n * kk;
+      this.SOFF = this.KOFF + T * nb * kk;
       this.ROFF = this.SOFF + T * n;
       this.RS = P4 + 1 + T;
       this.B2OFF = this.ROFF + hidden * this.RS;
@@ -425,10 +532,10 @@
         for (let comp = 0; comp < 4; comp++) {
           const c = 4 * t + comp;
           if (c >= C) continue;
-          for (let o = 0; o < n; o++) {
-            for (let q = 0; q < kk; q++) put(this.KOFF + (t * n + o) * kk + q, comp, m.kernels[(c * n + o) * kk + q]);
-            put(this.SOFF + t * n + o, comp, m.scale[c * n + o]);
+          for (let o = 0; o < nb; o++) {
+            for (let q = 0; q < kk; q++) put(this.KOFF + (t * nb + o) * kk + q, comp, m.kernels[(c * nb + o) * kk + q]);
           }
+          for (let o = 0; o < n; o++) put(this.SOFF + t * n + o, comp, m.scale[c * n + o]);
         }
       }
       for (let h = 0; h < hidden; h++) {
@@ -467,8 +574,7 @@
     }
 
     buildPrograms() {
-      const m = this.model, T = this.T, n = m.n, k = m.k;
-      const range = (a) => Array.from({ length: a }, (_, i) => i);
+      const m = this.model, T = this.T, n = m.n, nb = m.nb, k = m.k, kk = k * k;
       const head = '#version 300 es\nprecision highp float;\nprecision highp int;\nprecision highp sampler2D;\n' +
         'const int W = ' + m.W + ';\nconst int H = ' + m.H + ';\nuniform float u_thr;\n' +
         'bool inside(ivec2 p) { return p.x >= 0 && p.y >= 0 && p.x < W && p.y < H; }\n' +
@@ -478,6 +584,7 @@
         'uniform sampler2D u_w;\nuniform sampler2D u_fire;\nuniform bool u_all_fire;\n' +
         'vec4 wt(int i) { return texelFetch(u_w, ivec2(i & ' + (WCOLS - 1) + ', i >> ' + Math.log2(WCOLS) + '), 0); }\n' +
         range(T).map((t) => 'vec4 S' + t + '(ivec2 p) { return inside(p) ? texelFetch(u_s' + t + ', p, 0) : vec4(0.0); }\n').join('') +
+        this.coarseSource() +
         'void main() {\n' +
         '  ivec2 c = ivec2(gl_FragCoord.xy);\n' +
         range(T).map((t) => '  vec4 x' + t + ' = texelFetch(u_s' + t + ', c, 0);\n  o' + t + ' = x' + t + ';\n').join('') +
@@ -488,15 +595,17 @@
         '  vec4 q[' + this.P4 + '];\n' +
         range(T).map((t) => '  q[' + t + '] = x' + t + ';\n').join('') +
         range(T * n).map((i) => '  q[' + (T + i) + '] = vec4(0.0);\n').join('') +
+        '  // level 0: the bank at the grid\'s own scale\n' +
         '  for (int ky = 0; ky < ' + k + '; ky++) {\n' +
         '    for (int kx = 0; kx < ' + k + '; kx++) {\n' +
         '      ivec2 p = c + ivec2(kx - ' + (k >> 1) + ', ky - ' + (k >> 1) + ');\n' +
         '      if (!inside(p)) continue;\n' +
         '      int kq = ky * ' + k + ' + kx;\n' +
         range(T).map((t) => '      vec4 s' + t + ' = texelFetch(u_s' + t + ', p, 0);\n' +
-          range(n).map((o) => '      q[' + (T + t * n + o) + '] += s' + t + ' * wt(' +
-            (this.KOFF + (t * n + o) * k * k) + ' + kq);\n').join('')).join('') +
+          range(nb).map((o) => '      q[' + (T + t * n + o) + '] += s' + t + ' * wt(' +
+            (this.KOFF + (t * nb + o) * kk) + ' + kq);\n').join('')).join('') +
         '    }\n  }\n' +
+        m.coarse.map((lv, li) => this.levelSource(lv, this.off[li])).join('') +
         range(T * n).map((i) => '  q[' + (T + i) + '] *= wt(' + (this.SOFF + i) + ');\n').join('') +
         range(T).map((t) => '  vec4 d' + t + ' = wt(' + (this.B2OFF + t) + ');\n').join('') +
         '  for (int h = 0; h < ' + m.hidden + '; h++) {\n' +
@@ -527,6 +636,33 @@
       this.update = this.compile(update);
       this.mask = this.compile(mask);
       const gl = this.gl;
+      if (m.coarse.length) {
+        // The pooling pass: every texel of the atlas is the mean of its f x f block of the state (zero outside).
+        const pool = head +
+          range(T).map((t) => 'uniform sampler2D u_s' + t + ';\n').join('') +
+          'void main() {\n' +
+          '  ivec2 a = ivec2(gl_FragCoord.xy);\n' +
+          '  int f = 0, off = 0, hl = 0;\n' +
+          m.coarse.map((lv, li) => '  if (a.x >= ' + this.off[li] + ' && a.x < ' + (this.off[li] + lv.W) + ') { f = ' +
+            lv.f + '; off = ' + this.off[li] + '; hl = ' + lv.H + '; }\n').join('') +
+          range(T).map((t) => '  o' + t + ' = vec4(0.0);\n').join('') +
+          '  if (f == 0 || a.y >= hl) return;\n' +
+          '  ivec2 base = ivec2((a.x - off) * f, a.y * f);\n' +
+          range(T).map((t) => '  vec4 s' + t + ' = vec4(0.0);\n').join('') +
+          '  for (int dy = 0; dy < f; dy++) for (int dx = 0; dx < f; dx++) {\n' +
+          '    ivec2 p = base + ivec2(dx, dy);\n' +
+          '    if (!inside(p)) continue;\n' +
+          range(T).map((t) => '    s' + t + ' += texelFetch(u_s' + t + ', p, 0);\n').join('') +
+          '  }\n' +
+          range(T).map((t) => '  o' + t + ' = s' + t + ' / float(f * f);\n').join('') +
+          '}\n';
+        this.poolSource = pool;
+        this.pool = this.compile(pool);
+        gl.useProgram(this.pool);
+        for (let t = 0; t < T; t++) gl.uniform1i(gl.getUniformLocation(this.pool, 'u_s' + t), t);
+        gl.useProgram(this.update);
+        for (let t = 0; t < T; t++) gl.uniform1i(gl.getUniformLocation(this.update, 'u_a' + t), T + 2 + t);
+      }
       this.uUpdate = { thr: gl.getUniformLocation(this.update, 'u_thr'), allFire: gl.getUniformLocation(this.update, 'u_all_fire') };
       gl.useProgram(this.update);
       for (let t = 0; t < T; t++) gl.uniform1i(gl.getUniformLocation(this.update, 'u_s' + t), t);
@@ -539,6 +675,54 @@
       gl.uniform1f(gl.getUniformLocation(this.mask, 'u_thr'), m.threshold);
     }
 
+    // A multi-scale bank in the update shader: the atlas of pooled levels (u_a*), and coarse(cell, level) = the
+    // bank's responses at one cell of a coarse level (zero padding at that level), r[t * nb + o] for channels
+    // 4t..4t+3 of operator o.
+    coarseSource() {
+      const m = this.model, T = this.T, nb = m.nb, k = m.k, kk = k * k, TNB = T * nb;
+      if (!m.coarse.length) return '';
+      return range(T).map((t) => 'uniform sampler2D u_a' + t + ';\n').join('') +
+        'void coarse(ivec2 cc, int off, int hl, int wl, out vec4 r[' + TNB + ']) {\n' +
+        '  for (int i = 0; i < ' + TNB + '; i++) r[i] = vec4(0.0);\n' +
+        '  for (int ky = 0; ky < ' + k + '; ky++) {\n' +
+        '    for (int kx = 0; kx < ' + k + '; kx++) {\n' +
+        '      ivec2 p = cc + ivec2(kx - ' + (k >> 1) + ', ky - ' + (k >> 1) + ');\n' +
+        '      if (p.x < 0 || p.y < 0 || p.x >= wl || p.y >= hl) continue;\n' +
+        '      int kq = ky * ' + k + ' + kx;\n' +
+        '      ivec2 a = ivec2(p.x + off, p.y);\n' +
+        range(T).map((t) => '      vec4 s' + t + ' = texelFetch(u_a' + t + ', a, 0);\n' +
+          range(nb).map((o) => '      r[' + (t * nb + o) + '] += s' + t + ' * wt(' + (this.KOFF + (t * nb + o) * kk) +
+            ' + kq);\n').join('')).join('') +
+        '    }\n  }\n}\n';
+    }
+
+    // One coarse level's responses at this cell (main's c), upsampled into q as PyTorch's F.interpolate does.
+    levelSource(lv, off) {
+      const m = this.model, T = this.T, n = m.n, nb = m.nb, TNB = T * nb, f = lv.f.toFixed(1);
+      const at = (name) => range(T).map((t) => range(nb).map((o) => {
+        const i = t * nb + o;
+        return '    q[' + (T + t * n + lv.l * nb + o) + '] = ' + name(i) + ';\n';
+      }).join('')).join('');
+      const args = ', ' + off + ', ' + lv.H + ', ' + lv.W + ', ';
+      if (m.upsample === 'nearest') {
+        return '  {\n    vec4 r00[' + TNB + '];\n' +
+          '    coarse(ivec2(min(c.x / ' + lv.f + ', ' + (lv.W - 1) + '), min(c.y / ' + lv.f + ', ' + (lv.H - 1) + '))' +
+          args + 'r00);\n' + at((i) => 'r00[' + i + ']') + '  }\n';
+      }
+      return '  {\n    vec4 r00[' + TNB + '], r01[' + TNB + '], r10[' + TNB + '], r11[' + TNB + '];\n' +
+        '    float sy = max((float(c.y) + 0.5) / ' + f + ' - 0.5, 0.0), sx = max((float(c.x) + 0.5) / ' + f + ' - 0.5, 0.0);\n' +
+        '    int y0 = min(int(floor(sy)), ' + (lv.H - 1) + '), x0 = min(int(floor(sx)), ' + (lv.W - 1) + ');\n' +
+        '    int y1 = min(y0 + 1, ' + (lv.H - 1) + '), x1 = min(x0 + 1, ' + (lv.W - 1) + ');\n' +
+        '    float ly = sy - float(y0), lx = sx - float(x0);\n' +
+        '    coarse(ivec2(x0, y0)' + args + 'r00);\n' +
+        '    coarse(ivec2(x1, y0)' + args + 'r01);\n' +
+        '    coarse(ivec2(x0, y1)' + args + 'r10);\n' +
+        '    coarse(ivec2(x1, y1)' + args + 'r11);\n' +
+        at((i) => '(1.0 - ly) * ((1.0 - lx) * r00[' + i + '] + lx * r01[' + i + ']) + ly * ((1.0 - lx) * r10[' + i +
+          '] + lx * r11[' + i + '])') +
+        '  }\n';
+    }
+
     bindTex(unit, tex) {
       const gl = this.gl;
       gl.activeTexture(gl.TEXTURE0 + unit);
@@ -549,7 +733,7 @@
       const gl = this.gl;
       gl.bindFramebuffer(gl.DRAW_FRAMEBUFFER, set.fbo);
       gl.drawBuffers(Array.from({ length: this.T }, (_, t) => gl.COLOR_ATTACHMENT0 + t));
-      gl.viewport(0, 0, this.model.W, this.model.H);
+      gl.viewport(0, 0, set.W, set.H);
       gl.useProgram(prog);
       gl.bindVertexArray(this.vao);
       gl.drawArrays(gl.TRIANGLES, 0, 3);
@@ -558,8 +742,14 @@
     step(fire) {
       const gl = this.gl, T = this.T, { H, W } = this.model;
       const a = this.sets[this.cur], b = this.sets[(this.cur + 1) % 3], c = this.sets[(this.cur + 2) % 3];
-      // Pass 1: a -> b, x + dx * fire (unmasked).
       for (let t = 0; t < T; t++) this.bindTex(t, a.texs[t]);
+      if (this.pool) {
+        // Pass 0 (a multi-scale bank): a -> the atlas of pooled levels, read by pass 1.
+        this.draw(this.pool, this.atlas);
+        gl.bindFramebuffer(gl.DRAW_FRAMEBUFFER, null);
+        for (let t = 0; t < T; t++) this.bindTex(T + 2 + t, this.atlas.texs[t]);
+      }
+      // Pass 1: a -> b, x + dx * fire (unmasked).
       this.bindTex(T, this.weightTex);
       this.bindTex(T + 1, this.fireTex);
       if (fire) gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, 0, W, H, gl.RED, gl.UNSIGNED_BYTE, fire);
