@@ -23,7 +23,7 @@ def _load(path: Path) -> np.ndarray:
 def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     out = tmp_path_factory.mktemp("targets")
     paths = draw.main(out)
-    assert sorted(p.name for p in paths) == ["flower.png", "mosaic.png"]
+    assert sorted(p.name for p in paths) == ["flower.png", "flower128.png", "mosaic.png"]
     return {name: _load(out / f"{name}.png") for name in draw.BUILTIN}
 
 
@@ -54,26 +54,27 @@ def _distinct_colours(rgb: np.ndarray, min_share: float, min_distance: float) ->
 
 
 def test_builtin_registry() -> None:
-    assert set(draw.BUILTIN) == {"flower", "mosaic"}
+    assert set(draw.BUILTIN) == {"flower", "flower128", "mosaic"}
     assert draw.BUILTIN["flower"] is draw.draw_flower
+    assert draw.BUILTIN["flower128"] is draw.draw_flower128
     assert draw.BUILTIN["mosaic"] is draw.draw_mosaic
 
 
-@pytest.mark.parametrize("name", ["flower", "mosaic"])
+@pytest.mark.parametrize("name", ["flower", "flower128", "mosaic"])
 def test_written_files_match_committed_pngs(name: str, written: dict[str, np.ndarray]) -> None:
     committed = PACKAGE_DIR / f"{name}.png"
     assert committed.is_file(), f"run `python -m ncalab.targets.draw` to create {committed}"
     np.testing.assert_array_equal(written[name], _load(committed))
 
 
-@pytest.mark.parametrize("name", ["flower", "mosaic"])
+@pytest.mark.parametrize("name", ["flower", "flower128", "mosaic"])
 def test_drawing_is_deterministic(name: str) -> None:
     first = np.asarray(draw.BUILTIN[name]())
     second = np.asarray(draw.BUILTIN[name]())
     np.testing.assert_array_equal(first, second)
 
 
-@pytest.mark.parametrize(("name", "size"), [("flower", 48), ("mosaic", 128)])
+@pytest.mark.parametrize(("name", "size"), [("flower", 48), ("flower128", 128), ("mosaic", 128)])
 def test_size_and_mode(name: str, size: int) -> None:
     with Image.open(PACKAGE_DIR / f"{name}.png") as im:
         assert im.mode == "RGBA"
@@ -202,3 +203,11 @@ def test_mosaic_repeats_the_same_texture_in_each_quadrant(mosaic: np.ndarray) ->
     ys, xs = np.nonzero(matches)
     quadrants = {(y + 8 >= half, x + 8 >= half) for y, x in zip(ys, xs, strict=True)}
     assert quadrants == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_flower128_is_the_flower_drawn_at_128_px(flower: np.ndarray, written: dict[str, np.ndarray]) -> None:
+    """The same drawing at 128 px: brought down to 48 px it is the 48 px flower, up to resampling."""
+    big = Image.fromarray(written["flower128"]).resize((48, 48), Image.Resampling.LANCZOS)
+    alpha_small, alpha_big = flower[..., 3].astype(float), np.asarray(big)[..., 3].astype(float)
+    assert np.abs(alpha_small - alpha_big).mean() < 8  # out of 255
+    assert (written["flower128"][..., 3] == 255).sum() > 0.2 * 128 * 128
