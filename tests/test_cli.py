@@ -27,6 +27,13 @@ def test_train_py_smoke_run_with_a_chosen_perception(tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / ".hydra" / "overrides.yaml").read_text().count(f"perception={perception}") == 1
     assert (tmp_path / "final.png").is_file() and (tmp_path / "media" / "growth_final.mp4").is_file()
+    # What a user reads: each line once, progress in training steps, no advertisements, no warnings that are not
+    # theirs to fix.
+    printed = result.stdout + result.stderr
+    assert printed.count("GPU available:") == 1, printed[-3000:]
+    assert "train: 100%" in printed and "4/4" in printed and "Epoch" not in printed
+    for noise in ("Tip:", "litlogger", "LeafSpec", "IterableDataset", "Total FLOPs", "v_num"):
+        assert noise not in printed, noise
 
 
 @pytest.mark.slow

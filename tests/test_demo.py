@@ -210,19 +210,23 @@ def reference_rollout(
 @functools.cache
 def shipped(name: str) -> tuple[NCA, dict, torch.Tensor]:
     """A shipped model as PyTorch runs it, rebuilt from its exported files alone (``model.json`` + ``model.bin``),
-    with its ``model.json`` and the padded target it was trained on (``4 x H x W``)."""
+    with its ``model.json`` and the padded target it was trained on (``4 x H x W`` in image pixels: the grid times
+    a decoder's ``render.scale``)."""
     from ncalab.exported import load_model_folder
 
     nca, meta = load_model_folder(pretrained_dir(name))
     data = meta["config"]["data"]
+    scale = nca.render.scale
     target = load_target(
         str(data["target"]),
         int(data["target_size"]),
         int(data["padding"]),
         bool(data.get("allow_upscale", False)),
+        bool(data.get("seed_on_pattern", False)),
+        cell=scale,
     )
-    assert list(target.shape[-2:]) == meta["grid"], (
-        f"{name}: target {tuple(target.shape)}, grid {meta['grid']}"
+    assert list(target.shape[-2:]) == [g * scale for g in meta["grid"]], (
+        f"{name}: target {tuple(target.shape)}, grid {meta['grid']} x {scale}"
     )
     return nca, meta, target
 
@@ -699,6 +703,13 @@ def rgba(page) -> torch.Tensor:
     return torch.tensor(d["data"], dtype=torch.float32).view(4, d["H"], d["W"])
 
 
+def drawn(page) -> torch.Tensor:
+    """The page's drawn image through the test hook, ``4 x H x W`` pixels: the state's RGBA for a per-cell
+    model, a decoder model's drawing at its real size."""
+    d = page.evaluate("() => ncalab.image()")
+    return torch.tensor(d["data"], dtype=torch.float32).view(4, d["H"], d["W"])
+
+
 @pytest.mark.slow
 def test_views_file_loading_and_opening_from_disk(site, page):
     root, base, _ = site
@@ -821,14 +832,16 @@ def test_shipped_model_stays_alive_and_regrows(site, page, tmp_path, name):
     """
     nca, meta, target = shipped(name)
     h, w = meta["grid"]
+    scale = nca.render.scale  # a decoder model: the loss on its drawn image, alive cells on the grid
+    cell_alpha = torch.nn.functional.avg_pool2d(target[None, 3:4], scale)[0, 0] if scale > 1 else target[3]
     horizon = int(meta["config"]["rollout"]["max_steps"])
     with torch.no_grad(), one_thread(), torch.random.fork_rng():
         torch.manual_seed(0)
         # 4 rollouts at the shipped fire rate, as ncalab.evaluate measures the loss at the horizon.
         grown = nca.rollout(nca.seed(4, h, w), horizon)
-    horizon_loss = float(per_sample_loss(grown, target[None]).mean())
+        horizon_loss = float(per_sample_loss(nca.render(grown), target[None]).mean())
     horizon_alive = float((grown[:, 3] > ALIVE_ALPHA).sum(dim=(1, 2)).float().mean())
-    target_alive = int((target[3] > ALIVE_ALPHA).sum())
+    target_alive = int((cell_alpha > ALIVE_ALPHA).sum())
     empty_loss = float((target**2).mean())
     loss_bound = LOSS_FACTOR * horizon_loss
     lo, hi = (1 - ALIVE_BAND) * target_alive, (1 + ALIVE_BAND) * target_alive
@@ -855,7 +868,7 @@ def test_shipped_model_stays_alive_and_regrows(site, page, tmp_path, name):
     def check(phase: str, asserted: bool) -> torch.Tensor:
         x = rgba(page)
         steps = page.evaluate("() => ncalab.model().steps")
-        loss = float(per_sample_loss(x[None], target[None]))
+        loss = float(per_sample_loss((drawn(page) if scale > 1 else x)[None], target[None]))
         count = int((x[3] > ALIVE_ALPHA).sum())
         ok = math.isfinite(loss) and loss <= loss_bound and lo <= count <= hi
         mark = ("ok" if ok else "FAIL") if asserted else "-"

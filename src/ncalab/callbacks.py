@@ -11,13 +11,16 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
@@ -487,3 +490,49 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Training progress in optimiser steps, one bar for the whole run: ``train 1200/1800``, the loss, the rate
+    (s/step or step/s) and the time left. Lightning's own bars count the 100-step pseudo-epochs that only group
+    steps (``Epoch 17/-2``). A resumed run counts on from its checkpoint's step."""
+
+    # Lightning's format with the rate as tqdm words it: s/step below one step a second, step/s above.
+    BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+    def init_train_tqdm(self):
+        trainer = self.trainer
+        steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        return Tqdm(
+            desc="train",
+            total=steps,
+            initial=trainer.global_step,  # resumed: the rate and the time left count from here
+            unit="step",
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        pass  # no bar per pseudo-epoch
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        bar = self.train_progress_bar
+        step = trainer.global_step
+        if bar is not None and not bar.disable and self._should_update(step, bar.total):
+            bar.n = step
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return {("loss" if k == "train/loss" else k): v for k, v in items.items()}

@@ -196,6 +196,12 @@ def wandb_logger(
 
         # quiet: wandb then skips looking up the account name to print it, which waits on the network too.
         extra["settings"] = wandb.Settings(init_timeout=timeout, quiet=True)
+    elif mode == "offline":
+        import wandb
+
+        # The line above says where the run is and how to upload it; wandb's own banner and its end-of-run
+        # history table (dozens of lines) say nothing more.
+        extra["settings"] = wandb.Settings(silent=True)
     return WandbLogger(
         fallback_offline=auto and mode == "online",
         project=project,
@@ -220,6 +226,9 @@ class WandbLogger(LightningWandbLogger):
 
     def __init__(self, *args: Any, fallback_offline: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # Lightning always passes `anonymous` (None when unset), and wandb warns that the setting has no effect.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
         self._fallback_offline = fallback_offline
 
     @property

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,14 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ncalab import run_folder
 from ncalab.allocator import keep_heap
-from ncalab.callbacks import FinalCheckpoint, ResumeOptim
+from ncalab.callbacks import FinalCheckpoint, ResumeOptim, StepProgressBar
 from ncalab.checkpoint import (
     AtomicCheckpointIO,
     check_compatible,
@@ -214,12 +216,42 @@ class RunProcess(L.Callback):
         watch_parent(self.parent)
 
 
+class _DropTips(logging.Filter):
+    """Lightning's advertisements for other products ("Tip: ... litlogger")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def quiet_libraries() -> None:
+    """What a run prints, each line once and only what the user can act on.
+
+    - Lightning's lines once: under Hydra the root logger (console and ``train.log``) prints them, so Lightning's
+      own console handler, which prints them a second time, is removed (only when the root logger has a
+      handler: a programmatic caller without logging set up keeps Lightning's);
+    - no advertisement for other loggers;
+    - no warnings about code that is not the user's: a deprecation inside Lightning (``LeafSpec``) and the
+      ``IterableDataset`` length (ncalab's index stream has a length on purpose: it groups steps, nothing else).
+    """
+    lightning_log = logging.getLogger("lightning")
+    if logging.getLogger().hasHandlers():
+        for handler in list(lightning_log.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning_log.removeHandler(handler)
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in tips.filters):
+        tips.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+
+
 def run(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Train one run and return its summary (final loss, PSNR, timing, parameter count).
 
     ``extra_callbacks`` are added to the configured ones (for programmatic use and tests).
     """
     out = Path(cfg.output_dir)
+    quiet_libraries()
     parent = run_process()
     watch_parent(parent)  # a rank started as a new script ends with the process that started it
     launcher = os.environ.get(LAUNCHER_PID_ENV, "")
@@ -361,6 +393,10 @@ def _train(
         if c is not None
     ]
     callbacks += [*resume_callbacks, *(extra_callbacks or [])]
+    if cfg.trainer.get("enable_progress_bar", True) is not False and not any(
+        isinstance(c, ProgressBar) for c in callbacks
+    ):
+        callbacks.append(StepProgressBar())
     loggers = [
         _built(
             build(lg, f"logger.{k}", **resume_extras(lg, config, ckpt)),

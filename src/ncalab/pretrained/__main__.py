@@ -73,6 +73,18 @@ def target_licence(target: str) -> str | None:
     return f"{line} `target.png` is drawn from it and shared under the same licence."
 
 
+def render_row(meta: dict[str, Any]) -> str:
+    """The card's row on how the image is drawn: one pixel per cell, or the decoder and its size."""
+    render = meta.get("render") or {"name": "cells", "scale": 1}
+    if render.get("name") != "decoder":
+        return "| image | one pixel per cell (`render=cells`) |"
+    h, w = (g * render["scale"] for g in meta["grid"])
+    return (
+        f"| image | {h}x{w} px drawn by a per-pixel decoder (`render=decoder`): {render['scale']} px per cell, "
+        f"{render.get('layers')} sine layers of {render.get('hidden')} units (omega {render.get('omega')}) |"
+    )
+
+
 def write_card(name: str, folder: Path, evaluation: dict[str, Any], summary: dict[str, Any]) -> Path:
     """``MODEL_CARD.md`` for the model in ``folder`` from its ``model.json``, evaluation and the run's summary
     (with the licence of the target where it is an emoji: :func:`target_licence`)."""
@@ -109,8 +121,10 @@ def write_card(name: str, folder: Path, evaluation: dict[str, Any], summary: dic
         f"| state | {meta['channels']} channels (premultiplied RGBA + {meta['channels'] - 4} hidden), grid {grid} |",
         f"| update network | {meta['channels'] * (1 + perception.get('n_ops', 0))} -> {meta['hidden']} (ReLU) -> "
         f"{meta['channels']}, fire rate {meta['fire_rate']}, alive threshold {meta['alive_threshold']} |",
+        render_row(meta),
         f"| weights | `model.bin`: {n_weights} float32 values, full precision |",
-        f"| target | `{data.get('target')}`, {data.get('target_size')} px + {data.get('padding')} cells of padding, "
+        f"| target | `{data.get('target')}`, {data.get('target_size')} px + {data.get('padding')} "
+        f"{'px' if (meta.get('render') or {}).get('scale', 1) > 1 else 'cells'} of padding, "
         f"mode `{data.get('mode')}`, damage share {data.get('damage_share', '-')} |",
         f"| training | `python train.py experiment=pretrained_{name}` (seed {config.get('seed')}): "
         f"{_f(summary.get('steps'))} optimiser steps, batch {data.get('batch_size')}, pool {data.get('pool_size')}, "

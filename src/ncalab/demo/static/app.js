@@ -446,6 +446,8 @@
   //   erase(discs)   erase [[row, col, radius], ...] as a mouse stroke does; returns the number of discs
   //   rgba()         {steps, H, W, data}: the premultiplied RGBA state (channels 0-3, float32 values) as a plain
   //                  array, data[(c * H + i) * W + j]; no pixels are scraped
+  //   image()        {steps, H, W, data}: the drawn image (premultiplied RGBA, H x W pixels: the state's channels
+  //                  0-3, or a decoder model's drawing at its real size), laid out as rgba()'s
   //   alive()        the page's readout of alive cells (3x3 max of alpha above the model's threshold)
   //   render()       draw the current state now (before a screenshot)
   const hook = {
@@ -461,6 +463,10 @@
     rgba() {
       const m = ui.auto.model, x = ui.auto.readState();
       return { steps: ui.auto.steps, H: m.H, W: m.W, data: Array.from(x.subarray(0, 4 * m.H * m.W)) };
+    },
+    image() {
+      const m = ui.auto.model, px = m.px || 1;
+      return { steps: ui.auto.steps, H: m.H * px, W: m.W * px, data: Array.from(ui.auto.readImage()) };
     },
     alive() { return ui.auto.aliveCount(); },
     render() { render(); },
