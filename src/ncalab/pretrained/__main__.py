@@ -54,6 +54,35 @@ def _f(value: Any, spec: str = ".4g") -> str:
     return str(value)
 
 
+def shipped_path(folder: Path) -> str:
+    """Where a shipped model lives, as ``evaluation.json`` records it: relative to the working directory when
+    inside it (``src/ncalab/pretrained/<name>``), else absolute."""
+    folder = folder.resolve()
+    try:
+        return str(folder.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(folder)
+
+
+def perception_row(perception: dict[str, Any]) -> str:
+    """The card's perception row: the bank's size and kernel; for a multi-scale perception its levels too."""
+    k = perception.get("kernel_size")
+    n_ops = perception.get("n_ops")
+    if "levels" in perception:
+        levels = int(perception["levels"])
+        return (
+            f"| perception | `{perception.get('name')}` ({n_ops // levels} operators, {k}x{k}, read at {levels} "
+            f"scales with {perception.get('upsample')} upsampling: {n_ops} responses per channel) |"
+        )
+    return f"| perception | `{perception.get('name')}` ({n_ops} operators, {k}x{k}) |"
+
+
+def threads_note(summary: dict[str, Any]) -> str:
+    """How many threads the run used, where its config pinned them (``threads=N``, read from the run folder)."""
+    threads = summary.get("threads")
+    return f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
+
+
 def target_licence(target: str) -> str | None:
     """The card's licence line for a model trained on an emoji (``emoji:<name or code point>``): the emoji, the
     set and its licence; None for any other target. Where the emoji cannot be looked up (the set is not installed
@@ -116,8 +145,7 @@ def write_card(name: str, folder: Path, evaluation: dict[str, Any], summary: dic
         "",
         "| | |",
         "|---|---|",
-        f"| perception | `{perception.get('name')}` ({perception.get('n_ops')} operators, "
-        f"{perception.get('kernel_size')}x{perception.get('kernel_size')}) |",
+        perception_row(perception),
         f"| state | {meta['channels']} channels (premultiplied RGBA + {meta['channels'] - 4} hidden), grid {grid} |",
         f"| update network | {meta['channels'] * (1 + perception.get('n_ops', 0))} -> {meta['hidden']} (ReLU) -> "
         f"{meta['channels']}, fire rate {meta['fire_rate']}, alive threshold {meta['alive_threshold']} |",
@@ -129,7 +157,7 @@ def write_card(name: str, folder: Path, evaluation: dict[str, Any], summary: dic
         f"| training | `python train.py experiment=pretrained_{name}` (seed {config.get('seed')}): "
         f"{_f(summary.get('steps'))} optimiser steps, batch {data.get('batch_size')}, pool {data.get('pool_size')}, "
         f"rollouts of {rollout.get('min_steps')}-{rollout.get('max_steps')} steps |",
-        f"| wall time | {_f(wall, '.0f')} s on a 2-core CPU |" if wall else "| wall time | - |",
+        f"| wall time | {_f(wall, '.0f')} s on a 2-core CPU{threads_note(summary)} |" if wall else "| wall time | - |",
         "",
         f"Evaluation (`python -m ncalab.evaluate src/ncalab/pretrained/{name} --long-run {','.join(long['loss'])}`,"
         f" {evaluation['rollouts']} rollouts, fire rate {meta['fire_rate']}; also in `evaluation.json`):",
@@ -205,10 +233,15 @@ def ship(
     try:
         export_checkpoint(ckpt, staging, name=name)
         evaluation = evaluate_model(staging, rollouts=rollouts, long_run_steps=long_run_steps)
+        evaluation["model"] = shipped_path(folder)  # the folder it ships in, not the staging folder it was measured in
         (staging / run_folder.EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
         summary = {}
         if run is not None and (run / run_folder.SUMMARY_FILE).is_file():
             summary = json.loads((run / run_folder.SUMMARY_FILE).read_text())
+        if run is not None and (run / run_folder.CONFIG_FILE).is_file():  # the threads the run was pinned to
+            from omegaconf import OmegaConf
+
+            summary.setdefault("threads", OmegaConf.load(run / run_folder.CONFIG_FILE).get("threads"))
         write_card(name, staging, evaluation, summary)
         folder.mkdir(exist_ok=True)
         shipped = (*SHIPPED_FILES, run_folder.EVALUATION_FILE, CARD)
