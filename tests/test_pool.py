@@ -505,3 +505,40 @@ def test_load_state_dict_with_other_pool_shape_raises(other: dict) -> None:
     assert str(tuple(state["pool"].shape)) in msg
     assert str(tuple(before.shape)) in msg
     assert torch.equal(dm.pool.states, before)
+
+
+def test_batch_without_reseed_keeps_the_worst_sample() -> None:
+    values = [0.1, 0.9, 0.3, 0.7]
+    pool, seed, target = _valued_pool(values)
+    before = pool.states.clone()
+    new_idx, x = pool.batch(torch.arange(4), target, damage_n=0, generator=_gen(0), reseed=False)
+    assert new_idx.tolist() == [1, 3, 2, 0]
+    for k in range(4):
+        assert torch.equal(x[k], before[new_idx[k]])  # the worst too: it trains on as it is
+
+
+@pytest.mark.parametrize("share", [0.25, 0.5])
+def test_reseed_share_reseeds_about_that_share_of_batches(share) -> None:
+    dm = _dm(reseed_share=share, damage_share=0.0)
+    _fill_pool_nonzero(dm)
+    reseeded = 0
+    for _ in range(400):
+        _, x = dm.make_batch(dm.sample_indices())
+        reseeded += int(torch.equal(x[0], dm.pool.seed))
+    assert abs(reseeded / 400 - share) < 0.08, reseeded
+
+
+def test_reseed_share_one_reseeds_every_batch_and_draws_nothing_more() -> None:
+    a, b = _dm(), _dm(reseed_share=1.0)
+    for dm in (a, b):
+        _fill_pool_nonzero(dm)
+    for _ in range(5):
+        (ia, xa), (ib, xb) = a.make_batch(a.sample_indices()), b.make_batch(b.sample_indices())
+        assert torch.equal(ia, ib) and torch.equal(xa, xb) and torch.equal(xa[0], a.pool.seed)
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
+
+
+@pytest.mark.parametrize("share", [0, -0.5, 1.5, "half", True])
+def test_a_bad_reseed_share_is_refused_naming_the_key(share) -> None:
+    with pytest.raises(ConfigError, match=r"data\.reseed_share=.* must be a number in \(0, 1\]"):
+        _dm(reseed_share=share)

@@ -148,8 +148,10 @@ class SamplePool:
         damage_radius: tuple[float, float] = DAMAGE_RADIUS,
         damage_shapes: tuple[str, ...] = ("disc",),
         loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        reseed: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """States at ``idx`` sorted by loss (worst first); the worst is replaced by the seed and the
+        """States at ``idx`` sorted by loss (worst first); the worst is replaced by the seed (unless ``reseed`` is
+        false: then it trains on as it is) and the
         ``damage_n`` best get a hole (:func:`hole_damage`; at most :func:`max_damaged`: the reseeded sample and one more are
         never damaged, so every batch trains the pattern to persist). Returns ``(idx, states)`` in the new order.
         ``loss_fn(states)``: the per-sample loss to sort by, when it is not the states' RGBA against ``target``
@@ -159,7 +161,8 @@ class SamplePool:
             losses = loss_fn(x) if loss_fn is not None else per_sample_loss(x, target)
         order = losses.cpu().argsort(descending=True)
         idx, x = idx[order], x[order]
-        x[0] = self.seed
+        if reseed:
+            x[0] = self.seed
         n = min(damage_n, max_damaged(len(idx)))
         if n > 0:
             x[-n:] = hole_damage(x[-n:], generator, damage_radius, damage_shapes)
@@ -216,6 +219,7 @@ class NCADataModule(L.LightningDataModule):
         steps_per_epoch: int = 100,
         seed: int = 0,
         scale: int = 1,
+        reseed_share: float = 1.0,
     ):
         super().__init__()
         if mode not in MODES:
@@ -240,6 +244,12 @@ class NCADataModule(L.LightningDataModule):
                 "(each damaged sample gets one of them, drawn uniformly)"
             )
         self.damage_shapes = shapes
+        if not (isinstance(reseed_share, int | float) and not isinstance(reseed_share, bool) and 0 < reseed_share <= 1):
+            raise ConfigError(
+                f"data.reseed_share={reseed_share!r} must be a number in (0, 1]: the share of batches whose worst "
+                "sample is replaced by the seed (1: every batch, as Distill's pool)"
+            )
+        self.reseed_share = float(reseed_share)
         # Damaged samples per batch; checked for every mode so that a bad value is refused, used when regenerating.
         damaged = damaged_count(damage_share, batch_size)
         self.damage_n = damaged if mode == "regenerating" else 0
@@ -314,6 +324,9 @@ class NCADataModule(L.LightningDataModule):
         if self.mode == "growing":
             x = self.pool.seed.unsqueeze(0).repeat(len(idx), 1, 1, 1)
         else:
+            # Below 1, one draw per batch decides (from the data generator, so a resumed run draws the same); at 1 no
+            # draw, so the generator's stream is what it always was.
+            reseed = self.reseed_share >= 1 or bool(torch.rand((), generator=self.generator) < self.reseed_share)
             idx, x = self.pool.batch(
                 idx,
                 self.target,
@@ -322,6 +335,7 @@ class NCADataModule(L.LightningDataModule):
                 self.damage_radius,
                 self.damage_shapes,
                 loss_fn,
+                reseed,
             )
         return idx, x.to(device)
 
