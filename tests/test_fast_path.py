@@ -7,21 +7,31 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONF
 from torch import nn
 
-from ncalab.bench import BaselineNCA
+from ncalab.bench import BaselineNCA, perceptions_from_conf
 from ncalab.nca import ALPHA, NCA
-from ncalab.perception import FixedPerception, Perception, ScaledPerception, TrainablePerception
+from ncalab.perception import (
+    FixedPerception,
+    MultiScalePerception,
+    Perception,
+    ScaledPerception,
+    TrainablePerception,
+)
 
 CHANNELS = 16
 HIDDEN = 32
+# Every perception of conf/perception/ as configured (a new file there is tested here with the rest), plus
+# settings no config file uses.
 PERCEPTIONS = {
-    "sobel3": lambda: FixedPerception(CHANNELS, operators="sobel3"),
-    "sobel5": lambda: FixedPerception(CHANNELS, operators="sobel5"),
-    "sobel5_diag": lambda: FixedPerception(CHANNELS, operators="sobel5_diag"),
-    "trainable": lambda: TrainablePerception(CHANNELS, kernel_size=3, n_ops=2),
+    **{name: build for name, (build, _) in perceptions_from_conf(CONF).items()},
+    "trainable": lambda: TrainablePerception(CHANNELS, kernel_size=3, n_ops=2, init="random"),
     "scaled": lambda: ScaledPerception(CHANNELS, kernel_size=5, n_ops=4, scale="per_op", scale_init=0.7),
 }
+# Those read through one depthwise bank (the fast path's written-out step); a multi-scale perception's own forward
+# is tested in test_multiscale.py.
+SINGLE_SCALE = sorted(n for n, build in PERCEPTIONS.items() if not isinstance(build(), MultiScalePerception))
 
 
 def make_nca(name: str, fire_rate: float = 0.5, **kwargs) -> NCA:
@@ -296,7 +306,7 @@ def test_gathered_bf16_rows_are_padded_to_few_sizes():
 
 @pytest.mark.parametrize("ops", ["fused", "aten"])
 @pytest.mark.parametrize("state", ["dense", "pattern"])
-@pytest.mark.parametrize("name", sorted(PERCEPTIONS))
+@pytest.mark.parametrize("name", SINGLE_SCALE)
 def test_sparse_step_matches_the_plain_step_on_the_bench_states(name, state, ops, monkeypatch):
     from ncalab import cpu_kernels
     from ncalab.bench import start_state

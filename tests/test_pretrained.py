@@ -46,7 +46,9 @@ def test_each_model_comes_from_its_experiment_config(name, tmp_path):
         for key in keys:
             assert shipped[section].get(key) == cfg[section][key], f"{name}: {section}.{key}"
     assert shipped["perception"]["name"] == cfg["perception"]["name"]
-    render = shipped.get("render") or {"name": "cells"}  # models from before the decoder drew one pixel per cell
+    render = shipped.get("render") or {
+        "name": "cells"
+    }  # models from before the decoder drew one pixel per cell
     assert render["name"] == cfg["render"]["name"], name
     if render["name"] == "decoder":
         for key in ("scale", "hidden", "layers", "omega"):
@@ -134,9 +136,14 @@ def test_the_card_keeps_the_emoji_licence_where_the_emoji_set_is_not_installed(t
 def test_the_card_says_how_a_multi_scale_perception_reads_the_grid():
     from ncalab.pretrained.__main__ import perception_row
 
-    row = perception_row({"name": "multiscale", "n_ops": 9, "kernel_size": 3, "levels": 3, "upsample": "bilinear"})
+    row = perception_row(
+        {"name": "multiscale", "n_ops": 9, "kernel_size": 3, "levels": 3, "upsample": "bilinear"}
+    )
     assert "3 operators, 3x3, read at 3 scales with bilinear upsampling: 9 responses per channel" in row
-    assert perception_row({"name": "operators", "n_ops": 3, "kernel_size": 3}) == "| perception | `operators` (3 operators, 3x3) |"
+    assert (
+        perception_row({"name": "operators", "n_ops": 3, "kernel_size": 3})
+        == "| perception | `operators` (3 operators, 3x3) |"
+    )
 
 
 def test_the_card_gives_the_threads_a_run_was_pinned_to(tmp_path):
@@ -146,6 +153,10 @@ def test_the_card_gives_the_threads_a_run_was_pinned_to(tmp_path):
     meta = json.loads((shipped / "model.json").read_text())
     evaluation = json.loads((shipped / "evaluation.json").read_text())
     (tmp_path / "model.json").write_text(json.dumps(meta))
-    for threads, expected in ((1, "on a 2-core CPU, 1 thread |"), (2, "on a 2-core CPU, 2 threads |"), (None, "on a 2-core CPU |")):
+    for threads, expected in (
+        (1, "on a 2-core CPU, 1 thread |"),
+        (2, "on a 2-core CPU, 2 threads |"),
+        (None, "on a 2-core CPU |"),
+    ):
         card = write_card("x", tmp_path, evaluation, {"wall_time_s": 100.0, "threads": threads}).read_text()
         assert f"| wall time | 100 s {expected}" in card

@@ -33,15 +33,9 @@ def column(rows: list[dict[str, str]], key: str) -> list[float]:
 
 
 def test_the_source_perceptions_the_operator_bank_and_multiscale_are_configured():
-    assert PERCEPTIONS == [
-        "multiscale",
-        "operators",
-        "sobel3",
-        "sobel5",
-        "sobel5_diag",
-        "trainable_scale",
-        "trainable_truncated",
-    ]
+    # At least these (a new file in conf/perception/ joins them without editing this test).
+    source = {"sobel3", "sobel5", "sobel5_diag", "trainable_truncated", "trainable_scale"}
+    assert source | {"operators", "multiscale"} <= set(PERCEPTIONS)
 
 
 @pytest.mark.slow

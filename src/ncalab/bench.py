@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,13 +44,10 @@ from ncalab.allocator import keep_heap
 from ncalab.errors import ConfigError
 from ncalab.nca import ALPHA, NCA, seed_state
 from ncalab.perception import (
-    BANKS,
     OPERATORS,
     FixedPerception,
     MultiScalePerception,
     Perception,
-    ScaledPerception,
-    TrainablePerception,
 )
 
 CHANNELS = 16
@@ -58,27 +56,31 @@ FIRE_RATE = 0.5
 
 # The perceptions of conf/perception/ and the truncation their config sets (rollout.backprop_steps). Any other bank
 # of fixed operators is ``operators:<op>,<op>,...`` (see :func:`perception_factory`).
-OPERATORS_DEFAULT = ("sobel3_x", "sobel3_y", "laplace3")  # conf/perception/operators.yaml
-PERCEPTIONS: dict[str, tuple[Callable[[], Perception], int | None]] = {
-    **{
-        name: (functools.partial(FixedPerception, CHANNELS, ops=ops, name=name), None)
-        for name, ops in BANKS.items()
-    },
-    "operators": (
-        functools.partial(FixedPerception, CHANNELS, ops=OPERATORS_DEFAULT, name="operators"),
-        None,
-    ),
-    "trainable_truncated": (
-        lambda: TrainablePerception(CHANNELS, kernel_size=3, n_ops=2, name="trainable_truncated"),
-        16,
-    ),
-    "trainable_scale": (
-        lambda: ScaledPerception(CHANNELS, kernel_size=3, n_ops=2, name="trainable_scale"),
-        None,
-    ),
-    # conf/perception/multiscale.yaml: the bank [sobel3_x, sobel3_y, laplace3] at 3 levels, bilinear
-    "multiscale": (functools.partial(MultiScalePerception, CHANNELS, name="multiscale"), None),
-}
+# The Hydra config folder whose perception group the bench offers (the repository's conf/).
+DEFAULT_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def perceptions_from_conf(
+    conf: str | Path = DEFAULT_CONF,
+) -> dict[str, tuple[Callable[[], Perception], int | None]]:
+    """``{name: (build the perception, its default backprop_steps)}`` for every file of ``<conf>/perception/``, by
+    the file's stem: the perception built from its ``perception`` node (``_target_`` and settings, with
+    :data:`CHANNELS` channels), the backprop steps from its ``rollout.backprop_steps`` (None: full backprop).
+    Nothing here names a perception: a new file there is benchmarked with the rest."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    found: dict[str, tuple[Callable[[], Perception], int | None]] = {}
+    for path in sorted(Path(conf, "perception").glob("*.yaml")):
+        node = OmegaConf.load(path)
+        spec = OmegaConf.to_container(node.perception, resolve=False)
+        spec["channels"] = CHANNELS
+        backprop = OmegaConf.select(node, "rollout.backprop_steps", default=None)
+        found[path.stem] = (functools.partial(instantiate, spec, _convert_="all"), backprop)
+    return found
+
+
+PERCEPTIONS = perceptions_from_conf()
 BANK_PREFIX = "operators:"
 
 

@@ -22,11 +22,10 @@ from ncalab.errors import CheckpointError, kind_of
 from ncalab.nca import NCA
 from ncalab.perception import (
     BANKS,
+    REGISTRY,
     FixedPerception,
     MultiScalePerception,
     Perception,
-    ScaledPerception,
-    TrainablePerception,
     resolve_ops,
 )
 from ncalab.render import build_render
@@ -47,12 +46,10 @@ COMPATIBLE_KEYS = (
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-# The only classes a checkpoint may name as its perception (the ``_target_`` of conf/perception/*.yaml). A
-# checkpoint's config is data: nothing it names is imported or called, and no ``${...}`` in it is resolved.
-PERCEPTION_CLASSES: dict[str, type[Perception]] = {
-    f"ncalab.perception.{cls.__name__}": cls
-    for cls in (FixedPerception, TrainablePerception, ScaledPerception, MultiScalePerception)
-}
+# The only classes a checkpoint may name as its perception: the registered subclasses of Perception (ncalab's own,
+# and any other whose module this process has imported; ncalab.perception.REGISTRY). A checkpoint's config is data:
+# nothing it names is imported or called, and no ``${...}`` in it is resolved.
+PERCEPTION_CLASSES: dict[str, type[Perception]] = REGISTRY
 _MULTISCALE = f"ncalab.perception.{MultiScalePerception.__name__}"
 
 

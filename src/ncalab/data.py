@@ -244,7 +244,11 @@ class NCADataModule(L.LightningDataModule):
                 "(each damaged sample gets one of them, drawn uniformly)"
             )
         self.damage_shapes = shapes
-        if not (isinstance(reseed_share, int | float) and not isinstance(reseed_share, bool) and 0 < reseed_share <= 1):
+        if not (
+            isinstance(reseed_share, int | float)
+            and not isinstance(reseed_share, bool)
+            and 0 < reseed_share <= 1
+        ):
             raise ConfigError(
                 f"data.reseed_share={reseed_share!r} must be a number in (0, 1]: the share of batches whose worst "
                 "sample is replaced by the seed (1: every batch, as Distill's pool)"
@@ -326,7 +330,9 @@ class NCADataModule(L.LightningDataModule):
         else:
             # Below 1, one draw per batch decides (from the data generator, so a resumed run draws the same); at 1 no
             # draw, so the generator's stream is what it always was.
-            reseed = self.reseed_share >= 1 or bool(torch.rand((), generator=self.generator) < self.reseed_share)
+            reseed = self.reseed_share >= 1 or bool(
+                torch.rand((), generator=self.generator) < self.reseed_share
+            )
             idx, x = self.pool.batch(
                 idx,
                 self.target,

@@ -39,7 +39,7 @@ PRECISIONS = ("fp32", "bf16")
 # Room kept for one compiled bench case (its warm-up compiles the step: tens of seconds on a GPU).
 COMPILED_CASE_S = 60.0
 # The repository's Hydra configs (an editable install from a checkout: src/ncalab/ -> conf/).
-DEFAULT_CONF = Path(__file__).resolve().parents[2] / "conf"
+DEFAULT_CONF = bench.DEFAULT_CONF
 # Toy sizes (the smoke experiment's) for --tiny: every part of the path, in seconds on a CPU.
 TINY_RUN_OVERRIDES = (
     "data.target_size=12",

@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -312,6 +313,12 @@ def operator_kernels(name: str, kernel_size: int | None = None, n_ops: int | Non
 # --- perceptions ------------------------------------------------------------------------------------------------
 
 
+# The perception classes, by ``_target_`` (``module.Class``): every subclass of :class:`Perception` registers itself
+# when its module is imported (ncalab's own when ncalab.perception is). Checkpoints are rebuilt from these only: the
+# name a checkpoint gives is looked up here, never imported (ncalab.checkpoint.build_perception).
+REGISTRY: dict[str, type[Perception]] = {}
+
+
 class Perception(nn.Module):
     """The perception contract: what a perception gives the rest of ncalab, and all that the rest relies on.
 
@@ -355,10 +362,16 @@ class Perception(nn.Module):
     cannot export it.
 
     A new strategy is one subclass (``operator_weight()``, optionally ``response_scale()``) plus one config file in
-    ``conf/perception/``.
+    ``conf/perception/``: defining the subclass registers it (:data:`REGISTRY`), so checkpoints naming it rebuild,
+    and the bench and the tests read ``conf/perception/`` (docs/perception.md).
     """
 
     ops: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every subclass, once its module is imported, is a perception a checkpoint may name (REGISTRY).
+        super().__init_subclass__(**kwargs)
+        REGISTRY[f"{cls.__module__}.{cls.__qualname__}"] = cls
 
     def __init__(self, channels: int, n_ops: int, kernel_size: int, name: str | None = None):
         super().__init__()

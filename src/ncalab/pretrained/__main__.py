@@ -157,7 +157,9 @@ def write_card(name: str, folder: Path, evaluation: dict[str, Any], summary: dic
         f"| training | `python train.py experiment=pretrained_{name}` (seed {config.get('seed')}): "
         f"{_f(summary.get('steps'))} optimiser steps, batch {data.get('batch_size')}, pool {data.get('pool_size')}, "
         f"rollouts of {rollout.get('min_steps')}-{rollout.get('max_steps')} steps |",
-        f"| wall time | {_f(wall, '.0f')} s on a 2-core CPU{threads_note(summary)} |" if wall else "| wall time | - |",
+        f"| wall time | {_f(wall, '.0f')} s on a 2-core CPU{threads_note(summary)} |"
+        if wall
+        else "| wall time | - |",
         "",
         f"Evaluation (`python -m ncalab.evaluate src/ncalab/pretrained/{name} --long-run {','.join(long['loss'])}`,"
         f" {evaluation['rollouts']} rollouts, fire rate {meta['fire_rate']}; also in `evaluation.json`):",
@@ -233,7 +235,9 @@ def ship(
     try:
         export_checkpoint(ckpt, staging, name=name)
         evaluation = evaluate_model(staging, rollouts=rollouts, long_run_steps=long_run_steps)
-        evaluation["model"] = shipped_path(folder)  # the folder it ships in, not the staging folder it was measured in
+        evaluation["model"] = shipped_path(
+            folder
+        )  # the folder it ships in, not the staging folder it was measured in
         (staging / run_folder.EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
         summary = {}
         if run is not None and (run / run_folder.SUMMARY_FILE).is_file():
