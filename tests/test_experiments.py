@@ -32,7 +32,7 @@ TARGETS = {
     "trainable_truncated": "ncalab.perception.TrainablePerception",
     "trainable_scale": "ncalab.perception.ScaledPerception",
 }
-# The source's iteration counts (conf/experiment/seed_<perception>_128.yaml).
+# The source's iteration counts (conf/source/<perception>.yaml, chosen by experiment=source source=<perception>).
 SOURCE_STEPS = {
     "sobel3": 10000,
     "sobel5": 192000,
@@ -275,11 +275,10 @@ def test_operator_banks_sweep_launches_each_bank_over_two_seeds():
 def test_seed_comparison_launches_the_five_source_experiments_over_three_seeds():
     _, overrides = job_overrides("experiment=seed_comparison")
     assert len(overrides) == 15
-    assert overrides[0] == ["+source_experiment=seed_sobel3_128", "seed=0", "experiment=seed_comparison"]
-    # each job is the source experiment itself: the same config as `experiment=seed_<perception>_128 seed=<s>`
+    assert overrides[0] == ["source=sobel3", "seed=0", "experiment=seed_comparison"]
+    # each job is the source experiment itself: the same config as `experiment=source source=<perception> seed=<s>`
     for job in overrides:
-        source = job[0].split("=", 1)[1]
-        alone = compose_train([f"experiment={source}", job[1]])
+        alone = compose_train(["experiment=source", job[0], job[1]])
         assert compose_train(job) == alone
 
 
@@ -426,10 +425,15 @@ def test_train_py_launches_15_jobs_for_the_seed_comparison(tmp_path):
     assert not list((tmp_path / "sweep").glob("*/status.json"))  # nothing ran
 
 
-def test_source_experiment_group_mirrors_the_experiment_files():
-    sources = sorted(p.stem for p in (CONF / "source_experiment").glob("*.yaml"))
-    assert sources == sorted(f"seed_{p}_128" for p in FIVE)
-    assert all((CONF / "experiment" / f"{s}.yaml").is_file() for s in sources)
+def test_the_source_group_holds_the_five_source_experiments():
+    """experiment=source source=<perception>: the 128 px mosaic with the source's perception and iteration count
+    (sobel3 by default); one override sweeps them (experiment=seed_comparison)."""
+    assert sorted(p.stem for p in (CONF / "source").glob("*.yaml")) == sorted(FIVE)
+    for p in FIVE:
+        cfg = compose_train(["experiment=source", f"source={p}"])
+        assert (cfg.perception.name, cfg.trainer.max_steps) == (p, SOURCE_STEPS[p])
+        assert (cfg.data.target, cfg.data.target_size, cfg.data.padding) == ("mosaic", 128, 16)
+    assert compose_train(["experiment=source"]) == compose_train(["experiment=source", "source=sobel3"])
 
 
 def test_resolution_arms_scale_grid_padding_and_horizon_together():

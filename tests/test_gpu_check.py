@@ -81,7 +81,7 @@ def test_tiny_check_writes_both_summaries(tmp_path):
     assert {r["compile_backend"] for r in bench if r["compile"]} == {"eager"}
 
     runs = summary["experiments"]
-    assert [r["experiment"] for r in runs] == [f"seed_{p}_128" for p in SOURCE_EXPERIMENTS]
+    assert [r["experiment"] for r in runs] == [f"source_{p}" for p in SOURCE_EXPERIMENTS]
     for row in runs:
         assert RUN_KEYS <= set(row) and row["status"] == "finished", row.get("error")
         assert row["steps"] == 3 and row["ms_per_iter"] > 0
@@ -98,7 +98,7 @@ def test_tiny_check_writes_both_summaries(tmp_path):
     assert "## Training-step bench: 16x16, batch 2, 8 steps" in md
     assert "| sobel3 | bf16 | yes (eager) |" in md
     for p in SOURCE_EXPERIMENTS:
-        assert f"| seed_{p}_128 | 3 |" in md and f"- seed_{p}_128: step 0: " in md
+        assert f"| source_{p} | 3 |" in md and f"- source_{p}: step 0: " in md
     assert "wrote" in result.stdout
 
 
@@ -156,7 +156,7 @@ def test_full_size_runs_are_the_source_experiments_with_a_short_budget(tmp_path,
     overrides = run_overrides(experiment, tmp_path / experiment, settings, max_seconds=45)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose(config_name="train", overrides=overrides)
-        alone = compose(config_name="train", overrides=[f"experiment=seed_{experiment}_128"])
+        alone = compose(config_name="train", overrides=["experiment=source", f"source={experiment}"])
     assert cfg.perception == alone.perception and cfg.rollout == alone.rollout and cfg.data == alone.data
     assert cfg.trainer.max_steps == 200 and cfg.callbacks.media is None
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)

@@ -4,7 +4,7 @@ On CUDA (under 9 minutes on one GPU, by a time budget it checks before each part
 
 1. the training-step bench at 128x128, batch 8, 96 steps (``ncalab.bench``'s model, start state and FLOP count),
    fp32 and bf16, without and with ``torch.compile`` of the NCA step: ms per iteration, peak memory;
-2. the source's five experiments (``experiment=seed_<perception>_128``) for a fixed short budget each
+2. the source's five experiments (``experiment=source source=<perception>``) for a fixed short budget each
    (``--steps`` training steps, at most ``--run-seconds`` of training), each with its end-of-run evaluation:
    ms per iteration, peak memory, the loss curve, final train loss, PSNR, steps held, cuts regrown.
 
@@ -34,12 +34,13 @@ import torch
 from ncalab import bench
 from ncalab.compare import read_loss_curve
 
-SOURCE_EXPERIMENTS = ("sobel3", "sobel5", "sobel5_diag", "trainable_truncated", "trainable_scale")
 PRECISIONS = ("fp32", "bf16")
 # Room kept for one compiled bench case (its warm-up compiles the step: tens of seconds on a GPU).
 COMPILED_CASE_S = 60.0
 # The repository's Hydra configs (an editable install from a checkout: src/ncalab/ -> conf/).
 DEFAULT_CONF = bench.DEFAULT_CONF
+# The source's experiments: the files of conf/source/ (python train.py experiment=source source=<name>).
+SOURCE_EXPERIMENTS = tuple(sorted(p.stem for p in (DEFAULT_CONF / "source").glob("*.yaml")))
 # Toy sizes (the smoke experiment's) for --tiny: every part of the path, in seconds on a CPU.
 TINY_RUN_OVERRIDES = (
     "data.target_size=12",
@@ -193,7 +194,8 @@ def run_bench(s: Settings, budget: Budget, compiled: bool) -> list[dict[str, Any
 
 def run_overrides(experiment: str, run_dir: Path, s: Settings, max_seconds: float) -> list[str]:
     overrides = [
-        f"experiment=seed_{experiment}_128",
+        "experiment=source",
+        f"source={experiment}",
         f"output_dir={run_dir}",
         "logger=csv",
         "trainer.enable_model_summary=false",
@@ -229,7 +231,7 @@ def run_experiment(
     # The first step carries the start-up (allocation, cuDNN choices): left out of the typical step.
     typical = step_times[1:] or step_times
     return {
-        "experiment": f"seed_{experiment}_128",
+        "experiment": f"source_{experiment}",
         "perception": summary.get("perception", experiment),
         "status": "finished",
         "overrides": overrides,
@@ -259,7 +261,7 @@ def run_experiments(
     rows = []
     setup = 5.0 if s.tiny else 25.0  # building, evaluation and start-up around the training time
     for experiment in s.experiments:
-        head = {"experiment": f"seed_{experiment}_128", "perception": experiment}
+        head = {"experiment": f"source_{experiment}", "perception": experiment}
         left = budget.left - reserve
         if left < setup + min(s.run_seconds, 10.0):
             rows.append({**head, "status": "skipped", "error": f"time budget: {budget.left:.0f} s left"})
@@ -406,7 +408,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--experiments",
         default=",".join(SOURCE_EXPERIMENTS),
-        help="comma-separated perceptions of the seed_<perception>_128 experiments (default: all five)",
+        help="comma-separated experiments of conf/source/ (experiment=source source=<name>; default: all five)",
     )
     ap.add_argument(
         "--conf", type=Path, default=DEFAULT_CONF, help="the Hydra config folder (default: ./conf)"
