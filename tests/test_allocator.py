@@ -19,8 +19,9 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
 )
 
-# Whether glibc serves a 64 MiB block from the heap (the setting is in effect) or from an mmap of its own (glibc's
-# default for blocks above its mmap threshold, at most 32 MiB): where the block lies in /proc/self/maps.
+# Whether glibc serves a 48 MiB block from the heap (the setting is in effect: blocks below 64 MiB stay there) or
+# from an mmap of its own (glibc's default for blocks above its mmap threshold, which it moves up to at most
+# 32 MiB): where the block lies in /proc/self/maps.
 PROBE = """
 import ctypes, json, os, sys
 
@@ -28,7 +29,7 @@ def heap_kept():
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    block = libc.malloc(64 << 20)
+    block = libc.malloc(48 << 20)
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
