@@ -542,3 +542,34 @@ def test_reseed_share_one_reseeds_every_batch_and_draws_nothing_more() -> None:
 def test_a_bad_reseed_share_is_refused_naming_the_key(share) -> None:
     with pytest.raises(ConfigError, match=r"data\.reseed_share=.* must be a number in \(0, 1\]"):
         _dm(reseed_share=share)
+
+
+def test_pool_ageing_runs_some_pool_states_on_and_leaves_the_rest() -> None:
+    dm = _dm(age_samples=3, age_steps=5)
+    _fill_pool_nonzero(dm)
+    before = dm.pool.states.clone()
+    calls = []
+
+    def run(states, steps):
+        calls.append((states.shape[0], steps, torch.is_grad_enabled()))
+        return states + steps
+
+    idx = dm.age(run)
+    assert calls == [(3, 5, False)]
+    assert len(set(idx.tolist())) == 3
+    changed = (dm.pool.states != before).flatten(1).any(1)
+    assert sorted(changed.nonzero().flatten().tolist()) == sorted(idx.tolist())
+    torch.testing.assert_close(dm.pool.states[idx], before[idx] + 5)
+
+
+def test_pool_ageing_off_by_default_draws_nothing() -> None:
+    dm = _dm()
+    state = dm.generator.get_state()
+    assert dm.age(lambda s, n: s + 1) is None
+    assert torch.equal(dm.generator.get_state(), state)
+
+
+@pytest.mark.parametrize(("key", "value"), [("age_samples", -1), ("age_samples", 1.5), ("age_steps", 0)])
+def test_bad_pool_ageing_settings_are_refused_naming_the_key(key, value) -> None:
+    with pytest.raises(ConfigError, match=rf"data\.{key}={value!r} must be an integer"):
+        _dm(**{key: value})

@@ -64,6 +64,11 @@ RULES: dict[str, Rule] = {
         lambda v: _is_number(v) and 0 < v <= 1,
         "a number in (0, 1]: the share of batches whose worst sample is reseeded",
     ),
+    "data.age_samples": (
+        lambda v: _is_int(v) and v >= 0,
+        "an integer >= 0: pool states aged after each batch",
+    ),
+    "data.age_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1: the steps each aged state runs"),
     "data.steps_per_epoch": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "optim.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "optim.gamma": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),

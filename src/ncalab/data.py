@@ -220,6 +220,8 @@ class NCADataModule(L.LightningDataModule):
         seed: int = 0,
         scale: int = 1,
         reseed_share: float = 1.0,
+        age_samples: int = 0,
+        age_steps: int = 96,
     ):
         super().__init__()
         if mode not in MODES:
@@ -254,6 +256,14 @@ class NCADataModule(L.LightningDataModule):
                 "sample is replaced by the seed (1: every batch, as Distill's pool)"
             )
         self.reseed_share = float(reseed_share)
+        for key, value, least in (("age_samples", age_samples, 0), ("age_steps", age_steps, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(
+                    f"data.{key}={value!r} must be an integer >= {least} (pool ageing: after every batch, "
+                    "data.age_samples random pool states run data.age_steps more steps without gradients)"
+                )
+        self.age_samples = age_samples if mode != "growing" else 0
+        self.age_steps = age_steps
         # Damaged samples per batch; checked for every mode so that a bad value is refused, used when regenerating.
         damaged = damaged_count(damage_share, batch_size)
         self.damage_n = damaged if mode == "regenerating" else 0
@@ -348,6 +358,19 @@ class NCADataModule(L.LightningDataModule):
     def write_back(self, idx: torch.Tensor, x: torch.Tensor) -> None:
         if self.mode != "growing":
             self.pool.write_back(idx, x)
+
+    def age(self, run: Callable[[torch.Tensor, int], torch.Tensor], device=None) -> torch.Tensor | None:
+        """Pool ageing (``data.age_samples`` > 0): that many random pool states (this process's shard) run
+        ``data.age_steps`` more steps through ``run(states, steps)`` (the NCA's rollout, no gradients) and go back,
+        so that the pool holds states far older than a training rollout reaches: a slow drift (a pattern that moves
+        or creeps) shows in the states trained on. Returns the aged indices (None when off; no draw then)."""
+        if self.age_samples == 0:
+            return None
+        idx = self.pool.sample(min(self.age_samples, len(self.pool)), self.generator)
+        with torch.no_grad():
+            aged = run(self.pool.states[idx].to(device), self.age_steps)
+        self.pool.write_back(idx, aged)
+        return idx
 
     def _all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """``world_size x *tensor.shape``: ``tensor`` of every rank, in rank order, on the CPU. A collective:

@@ -144,6 +144,9 @@ class NCALitModule(L.LightningModule):
             total = total + self.cell_weight * cells
         self._state_max = float(x.detach().abs().max())
         dm.write_back(idx, x)
+        dm.age(
+            self.nca.rollout, self.device
+        )  # data.age_samples > 0: some pool states run on, without gradients
         # Logged: the mean over all processes under DDP (a copy: reduce works in place); with one, the loss itself.
         mean_loss = self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
         self.last_loss = float(mean_loss)

@@ -17,7 +17,9 @@ Color = tuple[int, int, int, int]
 Point = tuple[float, float]
 
 FLOWER_SIZE = 48
-FLOWER128_SIZE = 128  # the same drawing at 128 px: its seeds, stem and leaf tips are details a few pixels wide
+FLOWER128_SIZE = (
+    128  # the same drawing at 128 px: its seeds, stem and leaf tips are details a few pixels wide
+)
 MOSAIC_SIZE = 128
 # The flower is drawn at this multiple of its final size and downsampled, which
 # gives antialiased edges without any font or external artwork.
