@@ -9,14 +9,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import ncalab.rundirs  # noqa: F401 - registers ${ncalab.fresh_dir:...} (conf/hydra/default.yaml) before Hydra reads it
+import ncalab.runs.dirs  # noqa: F401 - registers ${ncalab.fresh_dir:...} (conf/hydra/default.yaml) before Hydra reads it
 from ncalab.errors import NCALabError, SweepJobFailed
-from ncalab.processes import LAUNCHER_PID_ENV
+from ncalab.runs.processes import LAUNCHER_PID_ENV
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from ncalab.run_status import RunInterrupted, interrupt_signal
+    from ncalab.runs.status import RunInterrupted, interrupt_signal
     from ncalab.train import run
 
     try:

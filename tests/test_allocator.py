@@ -1,4 +1,4 @@
-"""glibc's allocator setting (``ncalab.allocator``): applied by the entry points that train or bench, switchable
+"""glibc's allocator setting (``ncalab.runs.allocator``): applied by the entry points that train or bench, switchable
 off, and never by ``import ncalab``. Each check runs in a fresh process: the setting lasts for the process."""
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def test_import_leaves_the_allocator_and_training_sets_it_unless_turned_off(tmp_
     seen = run_probe(
         f"""
         seen["before"] = heap_kept()
-        import ncalab, ncalab.allocator, ncalab.nca, ncalab.train, ncalab.bench, ncalab.evaluate, ncalab.demo
-        seen["imported"] = heap_kept() or ncalab.allocator.HEAP_KEPT
+        import ncalab, ncalab.runs.allocator, ncalab.nca, ncalab.train, ncalab.bench, ncalab.evaluate, ncalab.demo
+        seen["imported"] = heap_kept() or ncalab.runs.allocator.HEAP_KEPT
 
         from hydra import compose, initialize_config_dir
         from ncalab.train import run
@@ -73,14 +73,14 @@ def test_import_leaves_the_allocator_and_training_sets_it_unless_turned_off(tmp_
                     f"output_dir={{name}}", "experiment=smoke", "trainer.max_steps=1", "logger=none",
                     "callbacks.media=null", "callbacks.evaluation=null", "callbacks.checkpoint=null", *overrides])
             run(cfg)
-            return heap_kept() or ncalab.allocator.HEAP_KEPT
+            return heap_kept() or ncalab.runs.allocator.HEAP_KEPT
 
         seen["config_off"] = train("off", "keep_heap=false")
         os.environ["NCALAB_KEEP_HEAP"] = "0"
         seen["env_off"] = train("env")
         del os.environ["NCALAB_KEEP_HEAP"]
         seen["trained"] = train("on")
-        seen["flag"] = ncalab.allocator.HEAP_KEPT
+        seen["flag"] = ncalab.runs.allocator.HEAP_KEPT
         """,
         tmp_path,
     )

@@ -342,7 +342,7 @@ def test_a_single_group_keeps_its_whole_label(tmp_path, capsys):
 
 
 def test_compare_does_not_import_the_training_code():
-    """compare reads run folders (ncalab.run_folder) and nothing of the training: not even torch."""
+    """compare reads run folders (ncalab.runs.folder) and nothing of the training: not even torch."""
     heavy = (
         "torch",
         "lightning",
@@ -350,7 +350,7 @@ def test_compare_does_not_import_the_training_code():
         "ncalab.train",
         "ncalab.lit_module",
         "ncalab.callbacks",
-        "ncalab.run_status",
+        "ncalab.runs.status",
         "ncalab.data",
         "ncalab.nca",
         "ncalab.metrics",

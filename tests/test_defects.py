@@ -268,7 +268,7 @@ def test_a_full_disk_stops_the_run_with_one_line_naming_the_file_and_the_last_ch
 def test_a_status_file_that_cannot_be_written_at_the_end_is_said_and_does_not_hide_the_error(
     tmp_path, monkeypatch, caplog
 ):
-    from ncalab.run_status import RunStatus
+    from ncalab.runs.status import RunStatus
 
     status = RunStatus(tmp_path, heartbeat_s=0)
 
@@ -464,7 +464,7 @@ def test_a_device_or_a_fifo_is_named_for_what_it_is(fifo, tmp_path):
 
     from ncalab.checkpoint import read_checkpoint
     from ncalab.errors import CheckpointError, TargetError
-    from ncalab.rundirs import run_dir_problem
+    from ncalab.runs.dirs import run_dir_problem
     from ncalab.targets import resolve_target
 
     zero = Path("/dev/zero")

@@ -17,10 +17,10 @@ import pytest
 import warm
 from conftest import ROOT
 
-import ncalab.run_status
+import ncalab.runs.status
 from ncalab.compare import collect_runs, main, read_run
-from ncalab.run_status import RunStatus
-from ncalab.rundirs import this_host
+from ncalab.runs.dirs import this_host
+from ncalab.runs.status import RunStatus
 
 
 def sweep(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -80,7 +80,7 @@ def test_runs_that_died_without_a_word_show_as_unfinished(tmp_path):
 
 def test_status_json_says_where_the_run_lives_and_beats(tmp_path, monkeypatch):
     ticks = iter(range(10**6))
-    monkeypatch.setattr(ncalab.run_status, "_now", lambda: f"tick-{next(ticks)}")
+    monkeypatch.setattr(ncalab.runs.status, "_now", lambda: f"tick-{next(ticks)}")
     status = RunStatus(tmp_path, ["seed=1"], heartbeat_s=0.01)
     first = json.loads((tmp_path / "status.json").read_text())
     assert first["status"] == "running" and first["pid"] == os.getpid() and first["host"] == this_host()

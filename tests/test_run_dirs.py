@@ -17,7 +17,7 @@ from conftest import CONF, ROOT
 from hydra import compose, initialize_config_dir
 
 from ncalab.errors import ConfigError
-from ncalab.rundirs import run_dir_problem, this_host
+from ncalab.runs.dirs import run_dir_problem, this_host
 from ncalab.train import run
 
 

@@ -1,4 +1,4 @@
-"""The run-folder format written down in ncalab.run_folder is what the writers write and what the readers read."""
+"""The run-folder format written down in ncalab.runs.folder is what the writers write and what the readers read."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from types import SimpleNamespace
 
 import torch
 
-from ncalab import compare, run_folder
+from ncalab import compare
 from ncalab.callbacks import RunEvaluation
 from ncalab.guard import DivergenceGuard
 from ncalab.media import REGIONS
 from ncalab.nca import NCA
 from ncalab.perception import FixedPerception
-from ncalab.run_status import RunInterrupted, RunStatus
+from ncalab.runs import folder as run_folder
+from ncalab.runs.status import RunInterrupted, RunStatus
 
 
 def test_every_file_name_is_in_the_docstring():

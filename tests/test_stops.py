@@ -95,7 +95,7 @@ def test_a_signal_in_process_stops_after_the_step_with_a_checkpoint(smoke_cfg, t
     check at its end, where Lightning stops the run itself) ends the run after the step under way."""
     import lightning as L
 
-    from ncalab.run_status import RunInterrupted
+    from ncalab.runs.status import RunInterrupted
 
     class Terminate(L.Callback):
         def __init__(self):

@@ -29,7 +29,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from ncalab.processes import parent_death_signal
+from ncalab.runs.processes import parent_death_signal
 
 # What the server imports once: the entry points' heavy dependencies and ncalab's command-line modules.
 PRELOAD = [

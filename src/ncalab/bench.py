@@ -8,7 +8,7 @@ invocation. By default both start states are timed: ``dense`` (every cell alive:
 that fills its grid) and ``pattern`` (a grown pattern with dead space around it).
 
 Every implementation runs in its own worker process (so that its peak memory is its own), each with the same
-allocator setting (:func:`ncalab.allocator.keep_heap`, unless ``NCALAB_KEEP_HEAP=0``): like for like. The parent
+allocator setting (:func:`ncalab.runs.allocator.keep_heap`, unless ``NCALAB_KEEP_HEAP=0``): like for like. The parent
 interleaves single iterations of the baseline and of the ncalab variant being measured, so that load from other
 processes hits both alike, and reports medians. The speedup of an ncalab row is median(baseline) / median(ncalab)
 over the interleaved window.
@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncalab.allocator import keep_heap
 from ncalab.errors import ConfigError
 from ncalab.nca import ALPHA, NCA, seed_state
 from ncalab.perception import (
@@ -49,6 +48,7 @@ from ncalab.perception import (
     MultiScalePerception,
     Perception,
 )
+from ncalab.runs.allocator import keep_heap
 
 CHANNELS = 16
 HIDDEN = 128
@@ -568,7 +568,7 @@ def print_row(r: dict, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    keep_heap()  # ncalab.allocator, for every worker alike (NCALAB_KEEP_HEAP=0 turns it off for all)
+    keep_heap()  # ncalab.runs.allocator, for every worker alike (NCALAB_KEEP_HEAP=0 turns it off for all)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:

@@ -1,8 +1,8 @@
 """The Lightning callbacks of a run: the final checkpoint (also on a stop by a signal), the optimiser settings
 of a resume, the end-of-run evaluation (evaluation.json, summary.json, final.png) and the rollout media.
 
-The files they write are listed in :mod:`ncalab.run_folder`; the run's status and signal handling are in
-:mod:`ncalab.run_status`."""
+The files they write are listed in :mod:`ncalab.runs.folder`; the run's status and signal handling are in
+:mod:`ncalab.runs.status`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
-from ncalab import run_folder
 from ncalab.evaluate import LONG_RUN_STEPS, compare_at_size, measure_nca, parse_steps
 from ncalab.loggers import wandb_run
 from ncalab.media import (
@@ -38,7 +37,8 @@ from ncalab.media import (
     side_by_side,
     write_video,
 )
-from ncalab.run_status import STOP, RunInterrupted
+from ncalab.runs import folder as run_folder
+from ncalab.runs.status import STOP, RunInterrupted
 
 log = logging.getLogger("ncalab")
 
@@ -97,10 +97,10 @@ class FinalCheckpoint(L.Callback):
     """Save ``last.ckpt`` when training ends, in every process (rank 0 writes; all take part in gathering).
 
     It runs first at the end of training, before the callbacks that can fail or take long (evaluation, media),
-    and also when a run is stopped by SIGINT or SIGTERM (:class:`~ncalab.run_status.StopSignals`): at the end of
-    the step under way, then :class:`~ncalab.run_status.RunInterrupted` ends the run. With ``ddp_spawn`` a signal to
+    and also when a run is stopped by SIGINT or SIGTERM (:class:`~ncalab.runs.status.StopSignals`): at the end of
+    the step under way, then :class:`~ncalab.runs.status.RunInterrupted` ends the run. With ``ddp_spawn`` a signal to
     the run's process alone reaches the processes it spawned through the record this callback carries to them
-    (:meth:`~ncalab.run_status.StopSignals.share`).
+    (:meth:`~ncalab.runs.status.StopSignals.share`).
     """
 
     def __init__(self, path: str | Path):
@@ -251,7 +251,7 @@ class RunEvaluation(L.Callback):
     - ``final.png``: the target beside the first pattern that measurement grew to the horizon;
     - every logger (``final/*`` and ``eval/*`` metrics; the W&B run summary).
 
-    The keys of both files are listed in :mod:`ncalab.run_folder`.
+    The keys of both files are listed in :mod:`ncalab.runs.folder`.
     """
 
     def __init__(

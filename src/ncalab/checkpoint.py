@@ -29,7 +29,7 @@ from ncalab.perception import (
     resolve_ops,
 )
 from ncalab.render import build_render
-from ncalab.rundirs import pid_alive
+from ncalab.runs.dirs import pid_alive
 
 # Settings that decide the shapes and meaning of what a checkpoint holds.
 COMPATIBLE_KEYS = (

@@ -2,7 +2,7 @@
 
 Reads only what the runs wrote (``status.json``, ``summary.json``, ``evaluation.json``,
 ``csv/version_N/metrics.csv``, ``final.png``, videos, ``.hydra/overrides.yaml``: the run-folder format, files and
-keys, is written down in :mod:`ncalab.run_folder`), never the training code, and writes one self-contained
+keys, is written down in :mod:`ncalab.runs.folder`), never the training code, and writes one self-contained
 ``report.html`` (images and videos as data URIs, loss curves as inline SVG) and prints the same numbers as a
 plain-text table, or as Markdown tables (``--markdown``, for a README): a row per run, then the runs that differ
 only by ``seed=`` pooled, mean ± sample std over seeds of every number.
@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 
-from ncalab import run_folder
-from ncalab.rundirs import gone_reason
+from ncalab.runs import folder as run_folder
+from ncalab.runs.dirs import gone_reason
 
 MAX_EMBED_BYTES = 20 * 1024 * 1024
 MAX_CURVE_POINTS = 1000

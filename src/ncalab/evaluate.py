@@ -8,7 +8,7 @@ checkpoint (``<checkpoint stem>.eval.json``) or into the folder (``<folder>/eval
 
 The same measurement (:func:`measure_nca`) runs at the end of every training run; ``evaluation.json``,
 ``summary.json``, ``final.png``, the loggers' summaries, ``python -m ncalab.compare`` and the sweep objective all
-read its result (its keys are listed in :mod:`ncalab.run_folder`).
+read its result (its keys are listed in :mod:`ncalab.runs.folder`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from ncalab import run_folder
 from ncalab.errors import NCALabError, TargetError
 from ncalab.media import (
     REGIONS,
@@ -40,6 +39,7 @@ from ncalab.media import (
 )
 from ncalab.metrics import per_sample_loss, psnr, ssim
 from ncalab.nca import ALPHA, NCA, to_rgb
+from ncalab.runs import folder as run_folder
 from ncalab.targets import load_target, seed_shift
 
 __all__ = [

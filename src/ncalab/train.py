@@ -22,8 +22,6 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from ncalab import run_folder
-from ncalab.allocator import keep_heap
 from ncalab.callbacks import FinalCheckpoint, ResumeOptim, StepProgressBar
 from ncalab.checkpoint import (
     AtomicCheckpointIO,
@@ -38,10 +36,12 @@ from ncalab.guard import DivergenceGuard
 from ncalab.lit_module import NCALitModule
 from ncalab.loggers import finish_wandb, resume_extras
 from ncalab.nca import NCA
-from ncalab.processes import LAUNCHER_PID_ENV, parent_death_signal
 from ncalab.render import build_render
-from ncalab.run_status import STOP, RunInterrupted, RunStatus, interrupt_signal
-from ncalab.rundirs import pid_alive, run_dir_problem
+from ncalab.runs import folder as run_folder
+from ncalab.runs.allocator import keep_heap
+from ncalab.runs.dirs import pid_alive, run_dir_problem
+from ncalab.runs.processes import LAUNCHER_PID_ENV, parent_death_signal
+from ncalab.runs.status import STOP, RunInterrupted, RunStatus, interrupt_signal
 
 log = logging.getLogger("ncalab")
 
@@ -105,7 +105,7 @@ def _guard_output_dir(out: Path, ckpt_path: str | None) -> None:
     """Never write into another run's directory (its checkpoint, or a run that finished or is still running),
     except when resuming that very checkpoint in place; never into a directory that cannot be written.
 
-    Under Hydra, :class:`ncalab.rundirs.RunDirGuard` has checked the same before Hydra wrote ``.hydra/``;
+    Under Hydra, :class:`ncalab.runs.dirs.RunDirGuard` has checked the same before Hydra wrote ``.hydra/``;
     this covers programmatic runs. Only rank 0 checks: the other ranks of a DDP run share its directory."""
     if rank_zero_only.rank != 0:
         return
@@ -344,7 +344,7 @@ def _train(
     heap = cfg.get("keep_heap", True)
     if not isinstance(heap, bool):
         raise ConfigError(f"keep_heap={heap!r} is not valid; expected true or false")
-    keep_heap(heap)  # ncalab.allocator: glibc keeps large buffers (NCALAB_KEEP_HEAP=0 turns it off too)
+    keep_heap(heap)  # ncalab.runs.allocator: glibc keeps large buffers (NCALAB_KEEP_HEAP=0 turns it off too)
     threads, why = torch_threads(cfg.get("threads"))
     if threads is not None and threads != torch.get_num_threads():
         torch.set_num_threads(threads)

@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ncalab import run_folder
 from ncalab.errors import NCALabError
+from ncalab.runs import folder as run_folder
 
 SHIPPED_FILES = ("model.json", "model.bin", "target.png")
 CARD = "MODEL_CARD.md"

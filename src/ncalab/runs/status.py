@@ -19,19 +19,19 @@ from pathlib import Path
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ncalab import run_folder
-from ncalab.rundirs import HEARTBEAT_S, this_host
+from ncalab.runs import folder as run_folder
+from ncalab.runs.dirs import HEARTBEAT_S, this_host
 
 log = logging.getLogger("ncalab")
 
 
 class RunStatus:
-    """``status.json`` in the run directory (:mod:`ncalab.run_folder` lists its keys): running, finished, failed (with the error) or interrupted (with the
+    """``status.json`` in the run directory (:mod:`ncalab.runs.folder` lists its keys): running, finished, failed (with the error) or interrupted (with the
     signal), for sweeps and reports.
 
     While the run lives it also says where (``pid``, ``host``) and when it was last seen (``heartbeat``,
     refreshed every ``heartbeat_s`` seconds by a background thread), so that a run killed without a chance to
-    record its end (SIGKILL, out of memory, a node lost) is recognisable as such (:func:`ncalab.rundirs.gone_reason`).
+    record its end (SIGKILL, out of memory, a node lost) is recognisable as such (:func:`ncalab.runs.dirs.gone_reason`).
     Every write replaces the file whole (written beside it, then renamed), so a reader never sees half of it."""
 
     def __init__(

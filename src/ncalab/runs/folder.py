@@ -1,21 +1,21 @@
 """The run folder: every file a run leaves in its directory, and their keys, written down once.
 
-The writers (:mod:`ncalab.run_status`, :mod:`ncalab.callbacks`, :mod:`ncalab.train`, Hydra, the loggers) and the
-readers (:mod:`ncalab.compare`, :mod:`ncalab.rundirs`, :mod:`ncalab.train`, ``python -m ncalab.pretrained``) use
+The writers (:mod:`ncalab.runs.status`, :mod:`ncalab.callbacks`, :mod:`ncalab.train`, Hydra, the loggers) and the
+readers (:mod:`ncalab.compare`, :mod:`ncalab.runs.dirs`, :mod:`ncalab.train`, ``python -m ncalab.pretrained``) use
 the names below instead of spelling them. This module imports nothing of ncalab's and nothing heavy:
 ``ncalab.compare`` reads run folders without the training code.
 
 A run folder (``outputs/runs/<date>_<time>/``, or ``<sweep dir>/<job number>/`` in a multirun) holds:
 
-``status.json`` (:data:`STATUS_FILE`; :class:`ncalab.run_status.RunStatus`, rank 0, replaced whole on every write)
+``status.json`` (:data:`STATUS_FILE`; :class:`ncalab.runs.status.RunStatus`, rank 0, replaced whole on every write)
     ``status``: one of :data:`STATUSES` (``running``, ``finished``, ``failed``, ``interrupted``);
     ``overrides``: the job's command-line overrides; ``started``, ``ended`` (``null`` while running),
-    ``heartbeat``: UTC ISO-8601 times, the heartbeat refreshed every ``ncalab.rundirs.HEARTBEAT_S`` seconds while
+    ``heartbeat``: UTC ISO-8601 times, the heartbeat refreshed every ``ncalab.runs.dirs.HEARTBEAT_S`` seconds while
     the run lives; ``pid``, ``host``: where it runs. A failed run adds ``error`` (``<Type>: <message>``); an
     interrupted one ``signal`` (``SIGINT``/``SIGTERM``), ``exit_code`` (128 + the signal number) and ``error``,
     and, when it saved a checkpoint on the way out, ``step`` and ``checkpoint`` (its path). Keys:
     :data:`STATUS_KEYS`. A ``running`` run whose process is gone or whose heartbeat stopped long ago is shown as
-    unfinished (:func:`ncalab.rundirs.gone_reason`).
+    unfinished (:func:`ncalab.runs.dirs.gone_reason`).
 
 ``config.yaml`` (:data:`CONFIG_FILE`; :func:`ncalab.train.run`)
     The resolved config of the run.

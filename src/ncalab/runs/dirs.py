@@ -28,8 +28,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ncalab import run_folder
 from ncalab.errors import kind_of
+from ncalab.runs import folder as run_folder
 
 RESOLVER = "ncalab.fresh_dir"
 MAX_SUFFIX = 1000
