@@ -113,3 +113,39 @@ def test_bench_cli_times_the_multiscale_perception_against_its_baseline():
     ]
     assert all(r["s_per_iter"] > 0 and r["gflops"] > 0 for r in rows)
     assert all(r["speedup"] > 0 for r in rows if r["impl"] == "ncalab")
+
+
+@pytest.mark.slow
+def test_bench_times_the_fused_kernels_the_aten_ops_and_the_compiled_step_side_by_side():
+    cmd = [
+        sys.executable,
+        "-m",
+        "ncalab.bench",
+        "--sizes",
+        "10",
+        "--steps",
+        "2",
+        "--batch",
+        "1",
+        "--state",
+        "pattern",
+    ]
+    cmd += ["--repeats", "1", "--warmup", "0", "--perceptions", "sobel3", "--precision", "fp32", "--json"]
+    cmd += ["--peak-seconds", "0", "--no-baseline", "--step-ops", "fused,aten", "--compile", "none,eager"]
+    result = warm.run(cmd, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [(r["step_ops"], r["compile_backend"]) for r in rows] == [
+        ("fused", None),
+        ("fused", "eager"),
+        ("aten", None),
+        ("aten", "eager"),
+    ]
+    assert all(r["s_per_iter"] > 0 for r in rows)
+
+
+def test_a_bad_step_ops_value_is_refused():
+    from ncalab.bench import main
+
+    with pytest.raises(SystemExit, match=r"--step-ops 'fast': accepted: fused, aten"):
+        main(["--step-ops", "fast", "--sizes", "8", "--perceptions", "sobel3"])

@@ -27,6 +27,7 @@ import copy
 import functools
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ncalab import cpu_kernels
 from ncalab.errors import ConfigError
 from ncalab.nca import ALPHA, NCA, seed_state
 from ncalab.perception import (
@@ -257,6 +259,9 @@ class Spec:
     state: str = "pattern"
     seed: int = 0
     compile_backend: str | None = None  # ncalab only: torch.compile the NCA step with this backend
+    step_ops: str = (
+        "fused"  # ncalab on CPU: the step's fused C++ kernels, or the same passes as plain ATen ops
+    )
 
 
 def flops_per_iter(spec: Spec) -> float:
@@ -361,6 +366,9 @@ def peak_memory_gb(device: str) -> float:
 
 def worker(spec: Spec, warmup: int) -> None:
     """Serve the parent: ``run`` -> one timed iteration, ``stop`` -> peak memory, then exit."""
+    if spec.step_ops not in STEP_OPS:
+        raise SystemExit(f"step_ops={spec.step_ops!r}; accepted: {', '.join(STEP_OPS)}")
+    os.environ[cpu_kernels.ENV] = "1" if spec.step_ops == "fused" else "0"  # read by the step at every call
     iteration = build(spec)
     sync = torch.cuda.synchronize if spec.device.startswith("cuda") else (lambda: None)
     for _ in range(warmup):
@@ -466,6 +474,8 @@ def row(spec: Spec, times: list[float], peak: float, peaks: dict[str, float] | N
         "peak_mem_gb": round(peak, 3),
         "checkpoint_every": spec.checkpoint_every,
         "backprop_steps": spec.backprop_steps,
+        "step_ops": spec.step_ops,
+        "compile_backend": spec.compile_backend,
         "device": spec.device,
         "repeats": len(times),
     }
@@ -489,6 +499,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=64, help="rollout steps per iteration")
     ap.add_argument("--precision", default="fp32,bf16", help="ncalab variants: fp32,bf16")
     ap.add_argument("--checkpoint-every", default="none", help="ncalab variants, e.g. none,8")
+    ap.add_argument(
+        "--step-ops",
+        default="fused",
+        help="ncalab variants on CPU: fused (the step's C++ kernels), aten (the same passes as plain ATen ops)",
+    )
+    ap.add_argument(
+        "--compile",
+        default="none",
+        help="ncalab variants: none, or torch.compile backends of the NCA step (e.g. none,inductor)",
+    )
     ap.add_argument(
         "--backprop-steps",
         default="default",
@@ -538,13 +558,33 @@ def cases(args: argparse.Namespace) -> list[tuple[Spec, list[Spec]]]:
             }
             base = Spec(impl="baseline", backprop_steps=default_bp, **common)
             variants = [
-                Spec(impl="ncalab", precision=prec, checkpoint_every=ck, backprop_steps=bp, **common)
+                Spec(
+                    impl="ncalab",
+                    precision=prec,
+                    checkpoint_every=ck,
+                    backprop_steps=bp,
+                    step_ops=ops,
+                    compile_backend=backend,
+                    **common,
+                )
                 for prec in _options(args.precision, str)
                 for ck in _options(args.checkpoint_every, int)
                 for bp in bps
+                for ops in _step_ops(args.step_ops)
+                for backend in _options(args.compile, str)
             ]
             groups.append((base, variants))
     return groups
+
+
+STEP_OPS = ("fused", "aten")
+
+
+def _step_ops(text: str) -> list[str]:
+    ops = [t.strip() for t in text.split(",") if t.strip()]
+    if not ops or any(o not in STEP_OPS for o in ops):
+        raise SystemExit(f"--step-ops {text!r}: accepted: {', '.join(STEP_OPS)} (comma-separated)")
+    return ops
 
 
 def print_row(r: dict, as_json: bool) -> None:
@@ -554,6 +594,10 @@ def print_row(r: dict, as_json: bool) -> None:
     extra = []
     if r["checkpoint_every"]:
         extra.append(f"ckpt={r['checkpoint_every']}")
+    if r.get("impl") == "ncalab" and r.get("step_ops", "fused") != "fused":
+        extra.append(r["step_ops"])
+    if r.get("compile_backend"):
+        extra.append(f"compile={r['compile_backend']}")
     if r["backprop_steps"]:
         extra.append(f"bp={r['backprop_steps']}")
     speed = f"{r['speedup']:5.2f}x" if "speedup" in r else "     -"
