@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from ncalab.train import available_cores
+from ncalab.runs.supervision import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -300,7 +300,9 @@ def test_cpu_studies_run_two_jobs_at_a_time(experiment):
     cfg, _ = job_overrides(f"experiment={experiment}")
     assert cfg.hydra.launcher._target_ == JOBLIB
     assert cfg.hydra.launcher.n_jobs == 2
-    assert cfg.threads is None  # each job takes its share of the cores (ncalab.train.torch_threads)
+    assert (
+        cfg.threads is None
+    )  # each job takes its share of the cores (ncalab.runs.supervision.torch_threads)
 
 
 def settings(cfg: DictConfig) -> dict[str, object]:

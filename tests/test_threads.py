@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-import ncalab.train
+import ncalab.runs.supervision
 from ncalab.errors import ConfigError
 from ncalab.train import run, torch_threads
 
@@ -48,7 +48,7 @@ def threads_before():
 
 @pytest.mark.parametrize("n_jobs, cores, share", [(2, 8, 4), (3, 8, 2), (4, 2, 1), (-1, 8, 1), (-2, 8, 1)])
 def test_a_joblib_job_takes_its_share_of_the_cores(under_hydra, monkeypatch, n_jobs, cores, share):
-    monkeypatch.setattr(ncalab.train, "available_cores", lambda: cores)
+    monkeypatch.setattr(ncalab.runs.supervision, "available_cores", lambda: cores)
     under_hydra("hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}")
     threads, why = torch_threads(None)
     assert threads == share and "n_jobs" in why
@@ -63,7 +63,7 @@ def test_sequential_or_single_runs_keep_torchs_default(under_hydra):
 
 @pytest.mark.slow
 def test_a_run_in_a_joblib_sweep_trains_with_its_share(smoke_cfg, under_hydra, monkeypatch, threads_before):
-    monkeypatch.setattr(ncalab.train, "available_cores", lambda: 4)
+    monkeypatch.setattr(ncalab.runs.supervision, "available_cores", lambda: 4)
     under_hydra("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     probe = ThreadProbe()
     run(smoke_cfg("logger=csv", "callbacks.media=null", "trainer.max_steps=1"), [probe])
