@@ -91,10 +91,11 @@ def test_a_long_run_says_how_far_it_is(monkeypatch, caplog):
     import torch
 
     from ncalab import evaluate
+    from ncalab.evaluate import measure
     from ncalab.nca import NCA
     from ncalab.perception import FixedPerception
 
-    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(measure, "PROGRESS_EVERY_S", 0.0)
     nca = NCA(FixedPerception(16, "sobel3"), hidden=8)
     x = torch.zeros(1, 16, 8, 8)
     with caplog.at_level("INFO", logger="ncalab"):

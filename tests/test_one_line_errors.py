@@ -15,6 +15,7 @@ import warm
 from conftest import ROOT
 
 import ncalab.evaluate
+import ncalab.evaluate.cli
 from ncalab.checkpoint import read_checkpoint
 from ncalab.demo.__main__ import main as demo_main
 from ncalab.errors import CheckpointError, ConfigError
@@ -176,8 +177,9 @@ def fake_evaluation(monkeypatch):
         calls.append(path)
         return dict(FAKE)
 
-    monkeypatch.setattr(ncalab.evaluate, "evaluate_model", evaluate_model)
-    monkeypatch.setattr(ncalab.evaluate, "format_evaluation", lambda result: "table")
+    for module in (ncalab.evaluate, ncalab.evaluate.cli):  # the package, and the command line that calls them
+        monkeypatch.setattr(module, "evaluate_model", evaluate_model)
+        monkeypatch.setattr(module, "format_evaluation", lambda result: "table")
     return calls
 
 

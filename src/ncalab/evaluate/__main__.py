@@ -1,0 +1,5 @@
+"""``python -m ncalab.evaluate``."""
+
+from ncalab.evaluate.cli import main
+
+raise SystemExit(main())
