@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_fast_path import PERCEPTIONS, grads, make_nca
+from test_fast_path import SINGLE_SCALE, grads, make_nca
 
 from ncalab import cpu_kernels
 from ncalab.bench import start_state
@@ -40,7 +40,7 @@ def run(nca: NCA, state: str, use_kernels: bool, monkeypatch) -> list[torch.Tens
 
 @pytest.mark.parametrize("state", ["dense", "pattern", "seed"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("name", sorted(PERCEPTIONS))
+@pytest.mark.parametrize("name", SINGLE_SCALE)  # the fused kernels serve the single-bank step
 def test_fused_kernels_compute_bit_for_bit_what_the_aten_ops_compute(
     kernels, name, precision, state, monkeypatch
 ):
