@@ -39,10 +39,9 @@ from ncalab.runs.allocator import keep_heap
 from ncalab.runs.dirs import run_dir_problem
 from ncalab.runs.processes import LAUNCHER_PID_ENV
 from ncalab.runs.status import STOP, RunInterrupted, RunStatus, interrupt_signal
-from ncalab.runs.supervision import (  # noqa: F401 - available_cores and torch_threads: also used from here
+from ncalab.runs.supervision import (
     RUN_PID_ENV,
     RunProcess,
-    available_cores,
     run_process,
     torch_threads,
     watch_parent,
