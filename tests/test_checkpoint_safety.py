@@ -36,7 +36,8 @@ def build(config: dict) -> NCA:
     classes["MultiScalePerception"] = MultiScalePerception
     node = dict(config["perception"])
     cls = classes[node.pop("_target_").rsplit(".", 1)[1]]
-    return NCA(cls(**node), **config["model"])
+    model = {k: v for k, v in config["model"].items() if k != "_target_"}
+    return NCA(cls(**node), **model)
 
 
 def save(config: dict, path: Path, nca: NCA | None = None) -> Path:

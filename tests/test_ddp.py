@@ -96,7 +96,7 @@ def ddp_run(tmp_path_factory):
     """One 4-step run on two processes (checkpoints at steps 2 and 4)."""
     base = tmp_path_factory.mktemp("ddp")
     out, probes = base / "run", base / "probes"
-    summary = run(ddp_cfg(out, "optim.milestones=[2]"), [RankProbe(probes)])
+    summary = run(ddp_cfg(out, "schedule.milestones=[2]"), [RankProbe(probes)])
     return SimpleNamespace(out=out, ckpt=out / "checkpoints" / "last.ckpt", summary=summary, probes=probes)
 
 
@@ -168,7 +168,7 @@ def test_resume_with_two_processes_continues_with_every_shard(ddp_run, tmp_path)
     saved = pool_state(read_checkpoint(ddp_run.ckpt))
     out, probes = tmp_path / "resumed", tmp_path / "probes"
     run(
-        ddp_cfg(out, f"ckpt_path={ddp_run.ckpt}", "trainer.max_steps=6", "optim.milestones=[2]"),
+        ddp_cfg(out, f"ckpt_path={ddp_run.ckpt}", "trainer.max_steps=6", "schedule.milestones=[2]"),
         [RankProbe(probes)],
     )
     rank0, rank1 = read_probes(probes, 2)

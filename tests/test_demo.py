@@ -143,7 +143,7 @@ def stable_random_nca(
     if "precision" in config["model"]:
         config["model"]["precision"] = "fp32"  # the browser computes in float32: compare with float32
     torch.manual_seed(seed)
-    nca = NCA(instantiate(config["perception"]), **config["model"])
+    nca = instantiate(config["model"], perception=instantiate(config["perception"]))
     g = torch.Generator().manual_seed(seed)
     conv1, conv2 = nca.update[0], nca.update[-1]
     with torch.no_grad():

@@ -53,7 +53,7 @@ RECIPE_KEYS = (
     "rollout.min_steps",
     "rollout.max_steps",
     "trainer.max_steps",
-    "optim.milestones",
+    "schedule.milestones",
 )
 # What targets_cpu sets beyond the quickstart's recipe: videos once, at the end; evaluated for 10,000 steps.
 TARGETS_CPU_OWN = {
@@ -340,7 +340,7 @@ def test_targets_cpu_trains_the_quickstart_recipe_on_eight_emoji():
 
 
 # What targets_long_cpu changes in targets_cpu: the shipped models' length and holes (pretrained_flower's).
-TARGETS_LONG_OWN = {"trainer.max_steps": 3000, "optim.milestones": [2000], "data.damage_radius": [0.1, 0.5]}
+TARGETS_LONG_OWN = {"trainer.max_steps": 3000, "schedule.milestones": [2000], "data.damage_radius": [0.1, 0.5]}
 
 
 @pytest.mark.slow

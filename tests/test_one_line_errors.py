@@ -28,7 +28,9 @@ from ncalab.train import run
         ("seed=-1", r"seed=-1 is not valid; expected an integer in \[0, 4294967295\]"),
         ("seed=4294967296", r"seed=4294967296 is not valid"),
         ("+guard.foo=1", r"guard\.foo is not a setting of guard; accepted: action, enabled, "),
-        ("+optim.weight_decay=0.1", r"optim\.weight_decay is not a setting of optim"),
+        ("+optim.momentum=0.9", r"optim \(torch\.optim\.Adam\): .*unexpected keyword argument 'momentum'"),
+        ("optim.lr=-0.1", r"optim\.lr=-0\.1 is not valid; expected a number > 0"),
+        ("+optim.eps=-1", r"optim \(torch\.optim\.Adam\): Invalid epsilon value: -1"),
         (
             "+callbacks.foo=1",
             r"callbacks\.foo=1 is not valid; expected null \(off\) or a mapping with a _target_",

@@ -120,7 +120,7 @@ def test_loss_decreases_by_a_clear_factor(tmp_path):
         "rollout.min_steps=20",
         "rollout.max_steps=24",
         "model.hidden=64",
-        "optim.milestones=[1000]",
+        "schedule.milestones=[1000]",
         "callbacks.media=null",  # the losses are the point, not the videos
     )
     run(cfg)
@@ -141,7 +141,7 @@ def test_same_seed_same_run_other_seed_other_run(smoke_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_learning_rate_drops_at_the_milestone(smoke_cfg, tmp_path):
-    run(smoke_cfg("optim.milestones=[2]"))
+    run(smoke_cfg("schedule.milestones=[2]"))
     lrs = column(read_metrics(tmp_path / "run"), "train/lr")
     assert lrs == pytest.approx([2e-3, 2e-3, 2e-4, 2e-4])
 
@@ -178,7 +178,7 @@ class PoolProbe(L.Callback):
 @pytest.mark.slow
 def test_resume_continues_from_the_saved_step_with_the_saved_pool(smoke_cfg, tmp_path):
     first = tmp_path / "first"
-    run(smoke_cfg("optim.milestones=[2]", out=first))
+    run(smoke_cfg("schedule.milestones=[2]", out=first))
     ckpt_path = first / "checkpoints" / "last.ckpt"
     saved = read_checkpoint(ckpt_path)
     saved_pool = next(v for k, v in saved.items() if k.endswith("NCADataModule"))["pool"]
@@ -187,7 +187,7 @@ def test_resume_continues_from_the_saved_step_with_the_saved_pool(smoke_cfg, tmp
     probe = PoolProbe()
     second = tmp_path / "second"
     run(
-        smoke_cfg(f"ckpt_path={ckpt_path}", "trainer.max_steps=7", "optim.milestones=[2]", out=second),
+        smoke_cfg(f"ckpt_path={ckpt_path}", "trainer.max_steps=7", "schedule.milestones=[2]", out=second),
         [probe],
     )
     assert probe.step == 4
@@ -266,6 +266,11 @@ def test_load_nca_rebuilds_the_trained_model(smoke_cfg, tmp_path):
         ("loss.overflow_weight=-1", "loss.overflow_weight"),
         ("grad.mode=sometimes", "grad.mode"),
         ("optim.lr=-1", "optim.lr"),
+        ("schedule.gamma=2", "schedule.gamma"),
+        ("+optim.weight_decay=-1", "optim"),  # torch's own check, in one line naming the group
+        ("+optim.momentum=0.9", "optim"),  # not a setting of Adam
+        ("optim._target_=torch.optim.NoSuchOptimizer", "optim"),
+        ("schedule._partial_=false", "schedule"),
         ("trainer.max_steps=0", "trainer.max_steps"),
         ("perception.channels=8", "perception.channels"),
     ],
@@ -285,6 +290,31 @@ def test_bad_target_in_config_raises_the_target_error(smoke_cfg, tmp_path):
         run(smoke_cfg("data.target=/no/such/file.png"))
     with pytest.raises(ConfigError, match=r"^perception: .*init"):
         run(smoke_cfg("perception=trainable_scale", "perception.kernel_size=7", out=tmp_path / "b"))
+
+
+class OptimProbe(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.optimizer = trainer.optimizers[0]
+        self.scheduler = trainer.lr_scheduler_configs[0].scheduler
+
+
+def test_the_optimiser_and_schedule_are_any_torch_classes_named_in_the_config(smoke_cfg):
+    probe = OptimProbe()
+    run(
+        smoke_cfg(
+            "optim._target_=torch.optim.AdamW",
+            "+optim.weight_decay=0.03",
+            "schedule._target_=torch.optim.lr_scheduler.CosineAnnealingLR",
+            "~schedule.milestones",
+            "~schedule.gamma",
+            "+schedule.T_max=4",
+        ),
+        [probe],
+    )
+    assert type(probe.optimizer) is torch.optim.AdamW
+    assert probe.optimizer.param_groups[0]["weight_decay"] == 0.03
+    assert type(probe.scheduler) is torch.optim.lr_scheduler.CosineAnnealingLR
+    assert probe.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)  # cosine over T_max=4 steps ends at 0
 
 
 class StepProbe(L.Callback):

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
+from ncalab.checkpoint import optim_settings
 from ncalab.evaluate import LONG_RUN_STEPS, compare_at_size, measure_nca, parse_steps
 from ncalab.loggers import wandb_run
 from ncalab.media import (
@@ -187,38 +188,38 @@ class FinalCheckpoint(L.Callback):
 
 
 class ResumeOptim(L.Callback):
-    """On resume, the optimiser settings given for this run that differ from the checkpoint's run config
-    (``optim.lr``, ``optim.milestones``, ``optim.gamma``, ``optim.betas``) replace the restored ones, with one
-    message each. Settings left as they were keep the checkpoint's optimiser state: its learning rate (as the
-    schedule and any divergence-guard rollbacks left it) and its schedule.
+    """On resume, the optimiser and schedule settings given for this run that differ from the checkpoint's run
+    config (any key of ``optim`` or ``schedule``, e.g. ``optim.lr``, ``optim.betas``, ``schedule.milestones``,
+    ``schedule.gamma``) replace the restored ones, with one message each. Settings left as they were keep the
+    checkpoint's optimiser state: its learning rate (as the schedule and any divergence-guard rollbacks left it) and
+    its schedule. (Another optimiser or scheduler class is refused before the run starts:
+    :func:`ncalab.checkpoint.check_compatible`.)
 
     ``optim.lr`` becomes the learning rate in use from the resumed step on; the remaining milestones (those
-    after it) then multiply it by ``optim.gamma``.
+    after it) then multiply it by ``schedule.gamma``.
     """
 
-    KEYS = ("lr", "milestones", "gamma", "betas")
-
-    def __init__(self, changes: dict[str, tuple]):
+    def __init__(self, changes: dict[tuple[str, str], tuple]):
         super().__init__()
-        self.changes = changes  # key -> (checkpoint's value, this run's value)
+        self.changes = changes  # (section, key) -> (checkpoint's value, this run's value)
 
     @classmethod
     def for_resume(cls, saved: dict, config: dict) -> list[L.Callback]:
-        old, new = saved.get("optim") or {}, config.get("optim") or {}
         changes = {}
-        for key in cls.KEYS:
-            a, b = old.get(key), new.get(key)
-            if isinstance(a, tuple | list) and isinstance(b, tuple | list):
-                a, b = list(a), list(b)
-            if a is not None and b is not None and a != b:
-                changes[key] = (a, b)
+        for section, old, new in zip(("optim", "schedule"), optim_settings(saved), optim_settings(config)):
+            for key, b in new.items():
+                a = old.get(key)
+                if isinstance(a, tuple | list) and isinstance(b, tuple | list):
+                    a, b = list(a), list(b)
+                if key != "_target_" and b is not None and a != b:
+                    changes[(section, key)] = (a, b)
         return [cls(changes)] if changes else []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         optimizer = trainer.optimizers[0]
         schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
-        for key, (old, new) in self.changes.items():
-            if key == "lr":
+        for (section, key), (old, new) in self.changes.items():
+            if (section, key) == ("optim", "lr"):
                 in_use = optimizer.param_groups[0]["lr"]
                 for group in optimizer.param_groups:
                     group["lr"] = group["initial_lr"] = float(new)
@@ -226,18 +227,19 @@ class ResumeOptim(L.Callback):
                     scheduler.base_lrs = [float(new)] * len(optimizer.param_groups)
                     scheduler._last_lr = [float(new)] * len(optimizer.param_groups)
                 detail = f"the learning rate in use was {in_use:.4g}"
-            elif key == "betas":
+            elif section == "optim":
                 for group in optimizer.param_groups:
-                    group["betas"] = tuple(float(b) for b in new)
-                detail = "Adam's moment estimates are kept"
+                    group[key] = tuple(new) if isinstance(new, list) else new
+                detail = "the optimiser's moment estimates are kept"
             else:
                 for scheduler in schedulers:
                     if key == "milestones" and hasattr(scheduler, "milestones"):
                         scheduler.milestones = Counter(int(m) for m in new)
-                    elif key == "gamma" and hasattr(scheduler, "gamma"):
-                        scheduler.gamma = float(new)
+                    elif hasattr(scheduler, key):
+                        setattr(scheduler, key, new)
                 detail = f"from step {trainer.global_step} on"
-            log.warning("resume: optim.%s=%s replaces the checkpoint's %s (%s)", key, new, old, detail)
+            was = "the checkpoint's class default" if old is None else f"the checkpoint's {old}"
+            log.warning("resume: %s.%s=%s replaces %s (%s)", section, key, new, was, detail)
 
 
 class RunEvaluation(L.Callback):

@@ -44,6 +44,29 @@ COMPATIBLE_KEYS = (
     "data.mode",
 )
 
+# What a checkpoint's model._target_ may name (a config saved before model had a _target_ names nothing: the NCA).
+NCA_TARGETS = (f"{NCA.__module__}.{NCA.__name__}", "ncalab.NCA")
+
+# The optimiser and schedule a run config names; a config saved before they were Hydra partials had only
+# optim.{lr,betas,milestones,gamma}: Adam and a step schedule.
+OPTIM_DEFAULT = "torch.optim.Adam"
+SCHEDULE_DEFAULT = "torch.optim.lr_scheduler.MultiStepLR"
+_OLD_SCHEDULE_KEYS = ("milestones", "gamma")
+
+
+def optim_settings(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run config's optimiser and schedule settings, each ``{"_target_": class path, key: value, ...}`` without
+    ``_partial_``; a config from before the ``schedule`` group gives its milestones and gamma as the schedule's."""
+    optim = dict(config.get("optim") or {})
+    schedule = dict(config.get("schedule") or {})
+    if "schedule" not in config:
+        schedule = {k: optim.pop(k) for k in _OLD_SCHEDULE_KEYS if k in optim}
+    for node, default in ((optim, OPTIM_DEFAULT), (schedule, SCHEDULE_DEFAULT)):
+        node.setdefault("_target_", default)
+        node.pop("_partial_", None)
+    return optim, schedule
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # The only classes a checkpoint may name as its perception: the registered subclasses of Perception (ncalab's own,
@@ -158,6 +181,12 @@ def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: str | P
                 )
         elif a != b:
             diffs.append(f"  {key}: checkpoint has {a}, this run has {b}")
+    for section, a_node, b_node in zip(("optim", "schedule"), optim_settings(saved), optim_settings(config)):
+        if a_node["_target_"] != b_node["_target_"]:
+            diffs.append(
+                f"  {section}._target_: checkpoint has {a_node['_target_']}, this run has {b_node['_target_']} "
+                f"(its state cannot carry over to another class)"
+            )
     if diffs:
         example = _perception_override(saved.get("perception"))
         render = _select(saved, "render")
@@ -353,6 +382,12 @@ def load_nca(path: str | Path) -> tuple[NCA, dict[str, Any]]:
     saved_model = config.get("model")
     if not isinstance(saved_model, dict):
         raise CheckpointError(f"{str(path)!r}: the saved config has no model settings")
+    target = saved_model.get("_target_", NCA_TARGETS[0])
+    if target not in NCA_TARGETS:
+        raise CheckpointError(
+            f"{str(path)!r}: model._target_={target!r} is not ncalab's NCA; a checkpoint is read as "
+            f"{NCA_TARGETS[0]} only"
+        )
     model = _keyword_args(NCA, saved_model, {"perception", "render"}, "model", path)
     # Checkpoints written before model.update_bias existed always had the bias.
     model.setdefault("update_bias", "update.2.bias" in state)

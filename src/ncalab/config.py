@@ -25,7 +25,9 @@ def _is_number(v: Any) -> bool:
 MAX_SEED = 2**32 - 1
 # Sections read key by key: a key that is not one of RULES' is a typo (or a setting that does not exist) and
 # would otherwise be ignored silently or fail deep inside the run.
-CHECKED_SECTIONS = ("rollout", "optim", "loss", "grad", "guard")
+CHECKED_SECTIONS = ("rollout", "loss", "grad", "guard")
+# (``optim`` and ``schedule`` are Hydra partials of any torch optimiser and scheduler: their constructors check their
+# own keys; the few settings every run has are worded here.)
 # Groups whose every entry is built (instantiated) into a callback or a logger.
 BUILT_GROUPS = ("callbacks", "logger")
 
@@ -70,18 +72,6 @@ RULES: dict[str, Rule] = {
     ),
     "data.age_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1: the steps each aged state runs"),
     "data.steps_per_epoch": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "optim.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "optim.gamma": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "optim.milestones": (
-        lambda v: isinstance(v, list | tuple) and all(_is_int(m) and m >= 0 for m in v),
-        "a list of step numbers, e.g. [2000]",
-    ),
-    "optim.betas": (
-        lambda v: (
-            isinstance(v, list | tuple) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)
-        ),
-        "two numbers in [0, 1), e.g. [0.9, 0.999]",
-    ),
     "loss.overflow_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "loss.overflow_bound": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "loss.cell_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
@@ -96,8 +86,21 @@ RULES: dict[str, Rule] = {
     "guard.snapshot_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }
 
-# Checked when present (the checkpoint callback is ncalab.callbacks.RunCheckpoint, Lightning's ModelCheckpoint, which compares before it checks).
+# Checked when present: the usual settings of the optimiser and schedule (another class may not have them), and the
+# checkpoint callback's (ncalab.callbacks.RunCheckpoint, Lightning's ModelCheckpoint, which compares before it checks).
 OPTIONAL_RULES: dict[str, Rule] = {
+    "optim.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "optim.betas": (
+        lambda v: (
+            isinstance(v, list | tuple) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)
+        ),
+        "two numbers in [0, 1), e.g. [0.9, 0.999]",
+    ),
+    "schedule.gamma": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "schedule.milestones": (
+        lambda v: isinstance(v, list | tuple) and all(_is_int(m) and m >= 0 for m in v),
+        "a list of step numbers, e.g. [2000]",
+    ),
     "callbacks.checkpoint.every_n_train_steps": (
         lambda v: v is None or (_is_int(v) and v >= 0),
         "null or an integer >= 0 (0: no periodic checkpoint)",
@@ -136,6 +139,8 @@ def validate(cfg: DictConfig) -> None:
                 )
     for key, (check, accepted) in OPTIONAL_RULES.items():
         value = OmegaConf.select(cfg, key, default="<missing>", throw_on_missing=False)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
         if value != "<missing>" and not check(value):
             raise ConfigError(f"{key}={value!r} is not valid; expected {accepted}")
     values = {}

@@ -1,10 +1,13 @@
-"""LightningModule: rollout from pool states, RGBA loss, Adam with a step schedule, gradient normalisation."""
+"""LightningModule: rollout from pool states, RGBA loss, an optimiser and schedule given as factories (Hydra
+partials; Adam with a step schedule by default), gradient normalisation."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -20,6 +23,19 @@ from ncalab.nca import NCA
 from ncalab.perception import Perception
 
 GRAD_MODES = ("off", "normalize", "clip")
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+def default_optimizer() -> OptimizerFactory:
+    """Adam as ``conf/train.yaml``'s ``optim`` builds it."""
+    return partial(torch.optim.Adam, lr=2e-3, betas=(0.9, 0.999))
+
+
+def default_scheduler() -> SchedulerFactory:
+    """The step schedule as ``conf/train.yaml``'s ``schedule`` builds it."""
+    return partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[2000], gamma=0.1)
 log = logging.getLogger("ncalab")
 
 
@@ -64,10 +80,8 @@ class NCALitModule(L.LightningModule):
     def __init__(
         self,
         nca: NCA,
-        lr: float = 2e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        milestones: tuple[int, ...] = (2000,),
-        gamma: float = 0.1,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
         grad_mode: str = "normalize",
         grad_max_norm: float = 1.0,
         overflow_weight: float = 0.0,
@@ -86,10 +100,10 @@ class NCALitModule(L.LightningModule):
             raise ValueError(f"grad_mode={grad_mode!r}; accepted: {', '.join(GRAD_MODES)}")
         self.save_hyperparameters({"config": config or {}})
         self.nca = nca
-        self.lr = lr
-        self.betas = tuple(betas)
-        self.milestones = list(milestones)
-        self.gamma = gamma
+        # Called with the parameters (and the optimiser) in configure_optimizers: Hydra partials from ``optim`` and
+        # ``schedule``, or any callables that build a torch optimiser and learning-rate scheduler.
+        self.optimizer_factory = optimizer or default_optimizer()
+        self.scheduler_factory = scheduler or default_scheduler()
         self.grad_mode = grad_mode
         self.grad_max_norm = grad_max_norm
         self.overflow_weight = overflow_weight
@@ -230,10 +244,8 @@ class NCALitModule(L.LightningModule):
         self.log("guard/divergences", float(len(self.guard.events)))
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=self.milestones, gamma=self.gamma
-        )
+        optimizer = self.optimizer_factory(self.parameters())
+        scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -51,9 +51,10 @@ log = logging.getLogger("ncalab")
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
-    """``instantiate(node)``, turning a failure into one clear error that names the config key."""
+    """``instantiate(node)`` with plain Python containers (nothing of OmegaConf's reaches a model, an optimiser's
+    state or a checkpoint), turning a failure into one clear error that names the config key."""
     try:
-        return instantiate(node, **kwargs)
+        return instantiate(node, **{"_convert_": "all", **kwargs})
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, NCALabError):
@@ -67,8 +68,40 @@ def _built(obj: Any, kind: type, key: str, what: str) -> Any:
     return obj
 
 
+def _factory(cfg: DictConfig, key: str) -> Any:
+    """The partial that ``cfg[key]`` (a ``_target_`` with ``_partial_: true``) builds."""
+    node = cfg.get(key)
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError(f"{key}: expected a mapping with a _target_ (e.g. the one in conf/train.yaml)")
+    if not node.get("_partial_", False):
+        raise ConfigError(f"{key}: set {key}._partial_=true; it is called later with the model's parameters")
+    factory = build(node, key)
+    if not callable(factory):
+        raise ConfigError(f"{key} builds a {type(factory).__name__}, not a callable; check its _target_")
+    return factory
+
+
+def build_optim(cfg: DictConfig, module: torch.nn.Module) -> tuple[Any, Any]:
+    """The optimiser and schedule factories of ``optim`` and ``schedule``, each tried once on ``module``'s
+    parameters so that a bad value (torch's own check: a negative learning rate, a beta outside [0, 1), a key the
+    class does not take) stops the run here, in one line naming the key, and not at the first training step."""
+    optimizer, scheduler = _factory(cfg, "optim"), _factory(cfg, "schedule")
+    try:
+        trial = optimizer(module.parameters())
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"optim ({cfg.optim._target_}): {exc}") from None
+    _built(trial, torch.optim.Optimizer, "optim", "a torch optimiser")
+    try:
+        schedule = scheduler(trial)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"schedule ({cfg.schedule._target_}): {exc}") from None
+    _built(schedule, torch.optim.lr_scheduler.LRScheduler, "schedule", "a learning-rate scheduler")
+    return optimizer, scheduler
+
+
 def build_module(cfg: DictConfig, config: dict[str, Any] | None = None) -> NCALitModule:
-    """The LightningModule for ``cfg`` (an NCA with the configured perception)."""
+    """The LightningModule for ``cfg``: the NCA (``model``) with its perception and renderer, the optimiser
+    (``optim``) and schedule (``schedule``), all built by Hydra from their ``_target_``."""
     perception = build(cfg.perception, "perception")
     render_node = cfg.get("render")
     render = build_render(
@@ -76,16 +109,12 @@ def build_module(cfg: DictConfig, config: dict[str, Any] | None = None) -> NCALi
         channels=cfg.model.channels,
         alive_threshold=cfg.model.get("alive_threshold", 0.1),
     )
-    try:
-        nca = NCA(perception, render=render, **cfg.model)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model: {exc}") from exc
+    nca = _built(build(cfg.model, "model", perception=perception, render=render), NCA, "model", "an ncalab NCA")
+    optimizer, scheduler = build_optim(cfg, nca)
     return NCALitModule(
         nca,
-        lr=cfg.optim.lr,
-        betas=tuple(cfg.optim.betas),
-        milestones=tuple(cfg.optim.milestones),
-        gamma=cfg.optim.gamma,
+        optimizer=optimizer,
+        scheduler=scheduler,
         grad_mode=cfg.grad.mode,
         grad_max_norm=cfg.grad.max_norm,
         overflow_weight=cfg.loss.overflow_weight,
