@@ -319,10 +319,12 @@ def test_cli_prints_and_writes_the_evaluation(smoke_checkpoint):
         assert regen["loss"] is not None and regen["damaged_loss"] is not None
         assert regen["steps_to_recover"] is None or 1 <= regen["steps_to_recover"] <= 200
     assert printed["regeneration"]["grown"] is False and printed["regeneration"]["regrown"] == 0
+    assert printed["regeneration"]["regrown_wide"] == 0
     assert "persistence: holds while loss <=" in result.stderr
+    assert "regrown: 0/5; wide cuts (past the middle): 0/4" in result.stderr
     videos = smoke_checkpoint.parent / "last_videos"
     assert (videos / "growth.mp4").is_file()
-    assert len(list(videos.glob("regeneration_*.mp4"))) == 5
+    assert len(list(videos.glob("regeneration_*.mp4"))) == 9  # five cuts and four wide ones
 
 
 def test_the_centre_cut_is_half_the_pattern_not_half_the_grid():
@@ -418,3 +420,18 @@ def test_cli_compares_at_a_size_and_refuses_a_bad_one(smoke_folder, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(smoke_folder), "--at-size", "2"])
     assert exit_info.value.code == 2 and "--at-size" in capsys.readouterr().err
+
+
+def test_wide_cuts_reach_past_the_middle_by_an_eighth_of_the_pattern():
+    from ncalab.media import WIDE_REGIONS, cut_region
+
+    x = torch.ones(1, 4, 36, 36)
+    box = (6, 30, 6, 30)  # a 24-cell pattern centred on a 36x36 grid: 3 cells past the middle
+    kept = {r: cut_region(x, r, box)[0, 0] for r in WIDE_REGIONS}
+    assert kept["left_wide"][:, :21].eq(0).all() and kept["left_wide"][:, 21:].eq(1).all()
+    assert kept["right_wide"][:, 15:].eq(0).all() and kept["right_wide"][:, :15].eq(1).all()
+    assert kept["top_wide"][:21].eq(0).all() and kept["top_wide"][21:].eq(1).all()
+    assert kept["bottom_wide"][15:].eq(0).all() and kept["bottom_wide"][:15].eq(1).all()
+    # Each takes 5/8 of the centred pattern, more than the half a plain cut takes.
+    for region in WIDE_REGIONS:
+        assert int(kept[region][6:30, 6:30].eq(0).sum()) == 24 * 15

@@ -340,7 +340,11 @@ def test_targets_cpu_trains_the_quickstart_recipe_on_eight_emoji():
 
 
 # What targets_long_cpu changes in targets_cpu: the shipped models' length and holes (pretrained_flower's).
-TARGETS_LONG_OWN = {"trainer.max_steps": 3000, "schedule.milestones": [2000], "data.damage_radius": [0.1, 0.5]}
+TARGETS_LONG_OWN = {
+    "trainer.max_steps": 3000,
+    "schedule.milestones": [2000],
+    "data.damage_radius": [0.1, 0.5],
+}
 
 
 @pytest.mark.slow

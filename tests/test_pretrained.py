@@ -85,6 +85,10 @@ def test_shipping_a_run_exports_evaluates_and_writes_the_card(smoke_cfg, tmp_pat
     assert "# Model card: smoke" in card and "experiment=pretrained_smoke" in card
     assert f"{evaluation['psnr']:.1f} dB" in card
     assert "holds_steps" in capsys.readouterr().out
+    assert (
+        f"| wide cuts: a half and an eighth of the pattern past the middle | {evaluation['regeneration']['regrown_wide']}/4: left_wide "
+        in card
+    )
 
 
 def test_shipping_from_a_missing_run_names_it(tmp_path, capsys):

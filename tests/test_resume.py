@@ -89,11 +89,15 @@ def test_resuming_with_another_pool_mode_is_refused(smoke_cfg, tmp_path, first):
 
 def test_resuming_with_another_optimiser_class_is_refused(smoke_cfg, tmp_path, first):
     with pytest.raises(
-        CheckpointError, match=r"optim\._target_: checkpoint has torch\.optim\.Adam, this run has torch\.optim\.AdamW"
+        CheckpointError,
+        match=r"optim\._target_: checkpoint has torch\.optim\.Adam, this run has torch\.optim\.AdamW",
     ):
         run(
             smoke_cfg(
-                f"ckpt_path={first}", "trainer.max_steps=6", "optim._target_=torch.optim.AdamW", out=tmp_path / "d"
+                f"ckpt_path={first}",
+                "trainer.max_steps=6",
+                "optim._target_=torch.optim.AdamW",
+                out=tmp_path / "d",
             )
         )
 
@@ -113,7 +117,9 @@ def test_a_setting_added_on_resume_is_applied(smoke_cfg, tmp_path, first, caplog
         )
     assert probe.decay == pytest.approx(0.01)
     messages = [r.getMessage() for r in caplog.records]
-    assert any("optim.weight_decay=0.01 replaces the checkpoint's class default" in m for m in messages), messages
+    assert any("optim.weight_decay=0.01 replaces the checkpoint's class default" in m for m in messages), (
+        messages
+    )
 
 
 def test_a_checkpoint_from_before_the_schedule_group_resumes(smoke_cfg, tmp_path, first, caplog):
@@ -130,8 +136,15 @@ def test_a_checkpoint_from_before_the_schedule_group_resumes(smoke_cfg, tmp_path
     torch.save(ckpt, old)
     probe = LrProbe()
     with caplog.at_level("WARNING", logger="ncalab"):
-        run(smoke_cfg(f"ckpt_path={old}", "trainer.max_steps=7", "schedule.milestones=[2,5]", out=tmp_path / "f"), [probe])
+        run(
+            smoke_cfg(
+                f"ckpt_path={old}", "trainer.max_steps=7", "schedule.milestones=[2,5]", out=tmp_path / "f"
+            ),
+            [probe],
+        )
     assert probe.lrs[4] == pytest.approx(2e-4)  # the checkpoint's rate, as its schedule left it
     assert probe.lrs[6] == pytest.approx(2e-5)  # the milestone added on resume
     messages = [r.getMessage() for r in caplog.records if "resume:" in r.getMessage()]
-    assert messages == ["resume: schedule.milestones=[2, 5] replaces the checkpoint's [2] (from step 4 on)"], messages
+    assert messages == [
+        "resume: schedule.milestones=[2, 5] replaces the checkpoint's [2] (from step 4 on)"
+    ], messages

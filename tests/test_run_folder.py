@@ -11,7 +11,7 @@ import torch
 from ncalab import compare
 from ncalab.callbacks import RunEvaluation
 from ncalab.guard import DivergenceGuard
-from ncalab.media import REGIONS
+from ncalab.media import REGIONS, WIDE_REGIONS
 from ncalab.nca import NCA
 from ncalab.perception import FixedPerception
 from ncalab.runs import folder as run_folder
@@ -67,8 +67,8 @@ def test_the_end_of_run_evaluation_writes_the_documented_keys(tmp_path):
     assert tuple(evaluation) == run_folder.EVALUATION_KEYS
     assert tuple(evaluation["long_run"]) == run_folder.LONG_RUN_KEYS
     regeneration = evaluation["regeneration"]
-    assert set(regeneration) == set(run_folder.REGENERATION_KEYS) | set(REGIONS)
-    for region in REGIONS:
+    assert set(regeneration) == set(run_folder.REGENERATION_KEYS) | set(REGIONS) | set(WIDE_REGIONS)
+    for region in REGIONS + WIDE_REGIONS:
         assert tuple(regeneration[region]) == run_folder.REGION_KEYS
     assert (tmp_path / run_folder.FINAL_IMAGE).is_file()
 

@@ -206,7 +206,9 @@ class ResumeOptim(L.Callback):
     @classmethod
     def for_resume(cls, saved: dict, config: dict) -> list[L.Callback]:
         changes = {}
-        for section, old, new in zip(("optim", "schedule"), optim_settings(saved), optim_settings(config)):
+        for section, old, new in zip(
+            ("optim", "schedule"), optim_settings(saved), optim_settings(config), strict=True
+        ):
             for key, b in new.items():
                 a = old.get(key)
                 if isinstance(a, tuple | list) and isinstance(b, tuple | list):
@@ -344,6 +346,7 @@ class RunEvaluation(L.Callback):
             "non_finite": long_run["non_finite"],
             "grown": result["regeneration"]["grown"],
             "regrown": result["regeneration"]["regrown"],
+            "regrown_wide": result["regeneration"]["regrown_wide"],
             "wall_time_s": elapsed,
             "s_per_iter": elapsed / steps_run if steps_run else None,
             "parameters": sum(p.numel() for p in nca.parameters() if p.requires_grad),

@@ -181,7 +181,9 @@ def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: str | P
                 )
         elif a != b:
             diffs.append(f"  {key}: checkpoint has {a}, this run has {b}")
-    for section, a_node, b_node in zip(("optim", "schedule"), optim_settings(saved), optim_settings(config)):
+    for section, a_node, b_node in zip(
+        ("optim", "schedule"), optim_settings(saved), optim_settings(config), strict=True
+    ):
         if a_node["_target_"] != b_node["_target_"]:
             diffs.append(
                 f"  {section}._target_: checkpoint has {a_node['_target_']}, this run has {b_node['_target_']} "

@@ -56,8 +56,9 @@ RUN_COLUMNS = (
     ("steps", "steps", "int"),
     ("parameters", "params", "int"),
 )
-# Shown only when a run has them: the image compared at a common size (callbacks.evaluation.at_size).
+# Shown only when a run has them: the wide cuts, the image compared at a common size (callbacks.evaluation.at_size).
 OPTIONAL_COLUMNS = (
+    ("regrown_wide", "wide/4", "int"),  # cuts past the middle (evaluation.json from before them has none)
     ("psnr_at_size", "psnr@size_db", "psnr"),
     ("ssim_at_size", "ssim@size", "float"),
     ("at_size", "size_px", "int"),
@@ -270,6 +271,8 @@ def derive_metrics(
     regen = _mapping(evaluation.get("regeneration"), "regeneration")
     out["grown"] = regen.get("grown")
     out["regrown"] = regen.get("regrown") if isinstance(regen.get("regrown"), int) else None
+    wide = regen.get("regrown_wide")
+    out["regrown_wide"] = wide if isinstance(wide, int) and not isinstance(wide, bool) else None
     return out
 
 

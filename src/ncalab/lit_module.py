@@ -36,6 +36,8 @@ def default_optimizer() -> OptimizerFactory:
 def default_scheduler() -> SchedulerFactory:
     """The step schedule as ``conf/train.yaml``'s ``schedule`` builds it."""
     return partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[2000], gamma=0.1)
+
+
 log = logging.getLogger("ncalab")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,10 @@ from torchvision.utils import make_grid
 from ncalab.nca import NCA, to_rgb
 
 REGIONS = ("left", "right", "top", "bottom", "center")
+# Cuts past the middle: a side's half and an eighth of the pattern beyond it (5/8 of a centred pattern), so that
+# what is left must regrow the middle too. Measured beside REGIONS, and counted apart from them.
+WIDE_REGIONS = ("left_wide", "right_wide", "top_wide", "bottom_wide")
+WIDE_PAST = 1 / 8
 
 
 def frames_uint8(states: list[torch.Tensor] | torch.Tensor, scale: int = 1) -> np.ndarray:
@@ -63,14 +68,28 @@ def pattern_box(target: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def cut_region(x: torch.Tensor, region: str, box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """Zero every channel of ``region``: the left/right/top/bottom half of the grid, or ``center``: a square of half
+    """Zero every channel of ``region``: the left/right/top/bottom half of the grid, ``<side>_wide``: that half and
+    :data:`WIDE_PAST` of the pattern's extent past the middle, or ``center``: a square of half
     the pattern's size at its centre (``box`` = ``(top, bottom, left, right)`` of the pattern, e.g.
     :func:`pattern_box` of the target; default the whole grid). Each cut takes about half of a centred pattern; a
     centre square of half the *grid* would take nearly all of it when the padding is small."""
-    if region not in REGIONS:
-        raise ValueError(f"unknown region {region!r}; accepted: {', '.join(REGIONS)}")
+    if region not in REGIONS + WIDE_REGIONS:
+        raise ValueError(f"unknown region {region!r}; accepted: {', '.join(REGIONS + WIDE_REGIONS)}")
     h, w = x.shape[-2:]
     x = x.clone()
+    if region in WIDE_REGIONS:
+        top, bottom, left, right = box if box is not None else (0, h, 0, w)
+        past_x = max(1, math.ceil((right - left) * WIDE_PAST))
+        past_y = max(1, math.ceil((bottom - top) * WIDE_PAST))
+        if region == "left_wide":
+            x[..., :, : w // 2 + past_x] = 0
+        elif region == "right_wide":
+            x[..., :, max(0, w // 2 - past_x) :] = 0
+        elif region == "top_wide":
+            x[..., : h // 2 + past_y, :] = 0
+        else:
+            x[..., max(0, h // 2 - past_y) :, :] = 0
+        return x
     if region == "left":
         x[..., :, : w // 2] = 0
     elif region == "right":

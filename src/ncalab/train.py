@@ -109,7 +109,9 @@ def build_module(cfg: DictConfig, config: dict[str, Any] | None = None) -> NCALi
         channels=cfg.model.channels,
         alive_threshold=cfg.model.get("alive_threshold", 0.1),
     )
-    nca = _built(build(cfg.model, "model", perception=perception, render=render), NCA, "model", "an ncalab NCA")
+    nca = _built(
+        build(cfg.model, "model", perception=perception, render=render), NCA, "model", "an ncalab NCA"
+    )
     optimizer, scheduler = build_optim(cfg, nca)
     return NCALitModule(
         nca,

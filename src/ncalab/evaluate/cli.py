@@ -14,7 +14,7 @@ from typing import Any
 from ncalab.errors import NCALabError
 from ncalab.evaluate.load import evaluate_model
 from ncalab.evaluate.measure import LONG_RUN_STEPS, MAX_STEPS, parse_steps
-from ncalab.media import REGIONS
+from ncalab.media import REGIONS, WIDE_REGIONS
 from ncalab.runs import folder as run_folder
 
 log = logging.getLogger("ncalab")
@@ -72,14 +72,20 @@ def format_evaluation(result: dict[str, Any]) -> str:
         f"regeneration: grown {rg['grow_steps']} steps: psnr {_fmt(rg['undamaged_psnr'], '.2f')} dB, grown needs "
         f">= {_fmt(rg['grown_psnr_min'], '.2f')} dB -> {'grown' if rg['grown'] else 'NOT grown (no cut counts)'}"
     )
-    lines.append(f"  {'region':<7}  {'loss cut':>10}  {'loss after':>10}  {'steps':>5}  regrown")
-    for region in REGIONS:
-        r = rg[region]
+    lines.append(f"  {'region':<11}  {'loss cut':>10}  {'loss after':>10}  {'steps':>5}  regrown")
+    for region in REGIONS + WIDE_REGIONS:
+        r = rg.get(region)
+        if r is None:  # an evaluation.json from before the wide cuts
+            continue
         lines.append(
-            f"  {region:<7}  {_fmt(r['damaged_loss']):>10}  {_fmt(r['loss']):>10}  "
+            f"  {region:<11}  {_fmt(r['damaged_loss']):>10}  {_fmt(r['loss']):>10}  "
             f"{_fmt(r['steps_to_recover'], 'd'):>5}  {'yes' if r['regrown'] else 'no'}"
         )
-    lines.append(f"  regrown: {rg['regrown']}/{len(REGIONS)}")
+    wide = rg.get("regrown_wide")
+    lines.append(
+        f"  regrown: {rg['regrown']}/{len(REGIONS)}"
+        + (f"; wide cuts (past the middle): {wide}/{len(WIDE_REGIONS)}" if wide is not None else "")
+    )
     at = result.get("at_size")
     if at:
         lines.append(

@@ -20,6 +20,7 @@ import torch
 from ncalab.errors import NCALabError, TargetError
 from ncalab.media import (
     REGIONS,
+    WIDE_REGIONS,
     cell_box,
     cut_region,
     eval_mode,
@@ -213,7 +214,9 @@ def measure_nca(
       is higher (``recovery_threshold``; ``None`` = never). A cut counts as
       ``regrown`` only when a pattern was ``grown`` (see ``GROWN_MIN_GAIN_DB``), the cut raised the loss above
       that threshold (``damaged``) and the loss came back under it and is still under it after ``regrow_steps``;
-      ``regeneration.regrown`` counts them.
+      ``regeneration.regrown`` counts them over the five cuts of :data:`ncalab.media.REGIONS` (halves and the
+      centre) and ``regeneration.regrown_wide`` over the four of :data:`ncalab.media.WIDE_REGIONS` (a half and an
+      eighth of the pattern past the middle).
     """
     if horizon < 0 or rollouts < 1 or grow_steps < 0 or regrow_steps < 1:
         raise ValueError(
@@ -301,12 +304,12 @@ def _measure(
         "grown_psnr_min": grown_min,
         "grown": is_grown,
     }
-    regrown = 0
+    regrown = {region: False for region in REGIONS + WIDE_REGIONS}
     box = cell_box(target, scale)
     regeneration["pattern_box"] = list(
         box
     )  # top, bottom, left, right (cells): the centre cut is half its size
-    for region in REGIONS:
+    for region in REGIONS + WIDE_REGIONS:
         damaged = cut_region(base, region, box)
         _, frames = record_rollout(nca, damaged, regrow_steps, seed=seed + 1)
         curve = [
@@ -316,7 +319,7 @@ def _measure(
         hit = curve[0] > threshold  # False for NaN: a cut into a non-finite state is no damage to measure
         # Back under the threshold at some step and still there at the end (not a pass on the way to collapse).
         ok = is_grown and hit and recovered is not None and curve[-1] <= threshold
-        regrown += ok
+        regrown[region] = ok
         regeneration[region] = {
             "damaged_loss": _finite(curve[0]),
             "loss": _finite(curve[-1]),
@@ -327,7 +330,8 @@ def _measure(
         if video_dir is not None:
             drawn = [render(f) for f in growth + frames]
             write_video(frames_uint8(drawn, video_scale), video_dir / f"regeneration_{region}.mp4", fps)
-    regeneration["regrown"] = regrown
+    regeneration["regrown"] = sum(regrown[r] for r in REGIONS)
+    regeneration["regrown_wide"] = sum(regrown[r] for r in WIDE_REGIONS)
     result["regeneration"] = regeneration
     if video_dir is not None:
         write_video(frames_uint8([render(f) for f in growth], video_scale), video_dir / "growth.mp4", fps)

@@ -174,6 +174,18 @@ def write_card(name: str, folder: Path, evaluation: dict[str, Any], summary: dic
         f"{_f(regen['grown'])}), a region cut away, {regen['regrow_steps']} steps to regrow; regrown = back within "
         f"{regen['recovery_factor']}x the undamaged loss and still there at the end | "
         f"{regen['regrown']}/5: {cuts} |",
+        *(
+            [
+                f"| wide cuts: a half and an eighth of the pattern past the middle | {regen['regrown_wide']}/4: "
+                + ", ".join(
+                    f"{r} {'regrown in ' + str(regen[r]['steps_to_recover']) + ' steps' if regen[r]['regrown'] else 'not regrown'}"
+                    for r in ("left_wide", "right_wide", "top_wide", "bottom_wide")
+                )
+                + " |"
+            ]
+            if "regrown_wide" in regen
+            else []
+        ),
         "",
         "Files: `model.json` (metadata, tensor table, the run's config), `model.bin` (weights), `target.png` "
         "(target over white), `evaluation.json`.",

@@ -35,9 +35,10 @@ stop)
     ``missing``, ``hidden_max``}}: :func:`ncalab.evaluate.shape_trace`); ``regeneration``
     (:data:`REGENERATION_KEYS`: ``grow_steps``, ``regrow_steps``, ``recovery_factor``, ``recovery_reference_loss``,
     ``recovery_threshold``, ``undamaged_loss``, ``undamaged_psnr``, ``grown_psnr_min``, ``grown``,
-    ``pattern_box``, ``regrown`` (how many cuts regrew), and one object per cut region ``left``, ``right``,
-    ``top``, ``bottom``, ``center`` with :data:`REGION_KEYS`: ``damaged_loss``, ``loss``, ``steps_to_recover``,
-    ``damaged``, ``regrown``). With ``callbacks.evaluation.at_size`` (or ``--at-size``) also ``at_size``
+    ``pattern_box``, ``regrown`` (how many of the five cuts regrew), ``regrown_wide`` (how many of the four wide
+    cuts), and one object per cut region ``left``, ``right``, ``top``, ``bottom``, ``center``, ``left_wide``,
+    ``right_wide``, ``top_wide``, ``bottom_wide`` with :data:`REGION_KEYS`: ``damaged_loss``, ``loss``,
+    ``steps_to_recover``, ``damaged``, ``regrown``). With ``callbacks.evaluation.at_size`` (or ``--at-size``) also ``at_size``
     (:func:`ncalab.evaluate.compare_at_size`: ``size``, ``from_size``, ``psnr``, ``ssim``).
 
 ``summary.json`` (:data:`SUMMARY_FILE`; :class:`ncalab.callbacks.RunEvaluation`)
@@ -45,7 +46,7 @@ stop)
     ``train_loss``) and ``python -m ncalab.compare``. Keys: :data:`SUMMARY_KEYS`: ``perception``, ``steps``,
     ``train_loss``; from ``evaluation.json``: ``eval_steps`` (its ``horizon``), ``eval_loss`` (its ``loss``),
     ``psnr``, ``ssim``, ``holds_steps``, ``long_run_loss`` (the loss at the last long-run check),
-    ``non_finite``, ``grown``, ``regrown``; ``wall_time_s``, ``s_per_iter`` (``null`` when no step ran),
+    ``non_finite``, ``grown``, ``regrown``, ``regrown_wide``; ``wall_time_s``, ``s_per_iter`` (``null`` when no step ran),
     ``parameters``, ``grid`` ([H, W], cells), ``render`` (``cells`` or ``decoder``), ``image`` ([H, W] pixels: the
     grid x ``render.scale``), ``divergences``, ``divergence_events`` (the guard's events: ``step``,
     ``cause``, ``action``, ``restored_step``, ``lr``), ``stopped_by_guard``; ``at_size``, ``psnr_at_size``,
@@ -142,6 +143,7 @@ SUMMARY_KEYS = (
     "non_finite",
     "grown",
     "regrown",
+    "regrown_wide",
     "wall_time_s",
     "s_per_iter",
     "parameters",
@@ -171,6 +173,7 @@ REGENERATION_KEYS = (
     "grown",
     "pattern_box",
     "regrown",
+    "regrown_wide",
 )
 REGION_KEYS = ("damaged_loss", "loss", "steps_to_recover", "damaged", "regrown")
 
