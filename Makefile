@@ -35,8 +35,8 @@ TEST_WORKERS ?= auto
 test: install ## run the test suite (every test, one worker per core)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
-test-fast: install ## the fast tests only (unit tests, < 40 s): everything but -m slow
-	$(PY) -m pytest -m "not slow" $(ARGS)
+test-fast: install ## the unit tests only (tests/unit/; the scenarios of tests/scenarios/ are left out), one worker per core
+	$(PY) -m pytest -n $(TEST_WORKERS) tests/unit $(ARGS)
 
 compare: install ## report.html for a sweep: make compare SWEEP=outputs/multirun/<date>_<time> (default: newest)
 	$(PY) -m ncalab.compare $(SWEEP)

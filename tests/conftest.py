@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
 
+from ncalab import cpu_kernels
 from ncalab.runs.supervision import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +54,79 @@ def smoke_cfg(tmp_path):
         )
 
     return _make
+
+
+# Two folders: tests/unit/ (pure functions, small tensors, config composition: `make test-fast`) and
+# tests/scenarios/ (training runs, command lines, the browser, DDP, sweeps). The `slow` mark follows the folder:
+# every scenario is slow, and a unit test marked slow by hand belongs in scenarios/.
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        in_scenarios = SCENARIOS in Path(item.path).resolve().parents
+        if in_scenarios:
+            item.add_marker(pytest.mark.slow)
+        elif item.get_closest_marker("slow") is not None:
+            raise pytest.UsageError(f"{item.nodeid} is marked slow: move it to tests/scenarios/")
+
+
+# Fixtures that a topic's unit tests and its scenarios both use.
+
+
+@pytest.fixture
+def home(monkeypatch, tmp_path) -> Path:
+    """An empty home: no .netrc, no wandb settings, no key in the environment, no WANDB_MODE."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in (
+        "WANDB_MODE",
+        "WANDB_API_KEY",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "WANDB_BASE_URL",
+        "WANDB_CONFIG_DIR",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("NETRC", raising=False)
+    return home
+
+
+@pytest.fixture
+def under_hydra():
+    """Make this process look like one job of a multirun with the given launcher overrides."""
+
+    def _set(*overrides: str) -> None:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.mode = RunMode.MULTIRUN
+        HydraConfig.instance().set_config(cfg)
+
+    yield _set
+    HydraConfig.instance().cfg = None
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A finished smoke run (rollout media left out), made once per test module that asks for it."""
+    from ncalab.train import run
+
+    out = tmp_path_factory.mktemp("eval") / "run"
+    run(make_cfg(out, "experiment=smoke", "logger=csv", "callbacks.media=null"))  # its tests read no media
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke_checkpoint(smoke_run):
+    return smoke_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    module = cpu_kernels.load()
+    if module is None:
+        if shutil.which("c++") or shutil.which("g++"):
+            pytest.fail(f"a C++ compiler is here but the kernels did not build: {cpu_kernels.why_not()}")
+        pytest.skip(f"no C++ compiler: the kernels cannot be built here ({cpu_kernels.why_not()})")
+    return module
