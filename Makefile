@@ -42,10 +42,10 @@ compare: install ## report.html for a sweep: make compare SWEEP=outputs/multirun
 	$(PY) -m ncalab.compare $(SWEEP)
 
 bench: install ## time training iterations against a plain baseline: make bench ARGS="--sizes 72 --steps 16"
-	$(PY) -m ncalab.bench $(ARGS)
+	$(PY) -m ncalab.tools.bench $(ARGS)
 
 gpu-check: install ## on CUDA, < 9 min: bench at 128x128 + the 5 source experiments, short (CPU: tiny); OUT=<dir>
-	$(PY) -m ncalab.gpu_check --out $(GPU_CHECK_OUT) $(ARGS)
+	$(PY) -m ncalab.tools.gpu_check --out $(GPU_CHECK_OUT) $(ARGS)
 
 demo: install ## serve the browser demo on 127.0.0.1:8000 (CKPT=<checkpoint or folder>; default: every shipped model)
 	$(PY) -m ncalab.demo serve $(CKPT) $(ARGS)

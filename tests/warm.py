@@ -40,7 +40,7 @@ PRELOAD = [
     "ncalab.train",
     "ncalab.evaluate",
     "ncalab.compare",
-    "ncalab.bench",
+    "ncalab.tools.bench",
 ]
 
 _CTX = multiprocessing.get_context("forkserver")

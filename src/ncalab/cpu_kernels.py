@@ -3,7 +3,7 @@
 The step on CPU (:class:`ncalab.fast_step.SparseStep`) spends about as long in the memory passes around its matrix
 products (gathering the updated cells' rows, scattering the updates back, the alive masks, the same in backward) as
 in the products; as ATen ops each pass is several grid walks. The four kernels of ``sparse_step.cpp`` do each in
-one parallel loop and compute bit for bit what the ATen ops compute (``tests/test_cpu_kernels.py``). They are C++,
+one parallel loop and compute bit for bit what the ATen ops compute (``tests/unit/test_cpu_kernels.py``). They are C++,
 built with torch's extension builder (``torch.utils.cpp_extension``: a C++ compiler and ``ninja``) the first time
 they are asked for, ``make install`` builds them, and then loaded from the build folder
 (``~/.cache/ncalab/kernels``, or ``$NCALAB_KERNELS_DIR``: the folder that holds the builds), keyed by the source, torch

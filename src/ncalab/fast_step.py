@@ -1,7 +1,7 @@
 """The fast path: how ``NCA.step`` computes the update rule that ``NCA.plain_step`` (``ncalab/nca.py``) states.
 
 Same values as the plain step (to float32 rounding), the same fire-mask draws from the same random state, the same
-gradients; ``tests/test_fast_path.py`` checks each against ``NCA.plain_step``. Used everywhere a model steps:
+gradients; ``tests/unit/test_fast_path.py`` checks each against ``NCA.plain_step``. Used everywhere a model steps:
 training, evaluation, media, the bench. How it differs from the plain step:
 
 - The state is kept channels-last in memory (logical shape still ``B x C x H x W``), so that the perception's
@@ -53,7 +53,7 @@ its output (``C*(1 + n_ops)`` columns, channel-major) goes through the same upda
 the rows that matter gathered, :class:`GatherRows`): the multi-scale perception
 (``ncalab.perception.MultiScalePerception``: pooling, a bank per level and upsampling do not fit the per-operator
 convolutions of :class:`SparseStep`) takes this path, in bf16 too (its forward casts its bank to the state's dtype;
-on CPU it runs in float32, as every perception does there). ``tests/test_fast_path.py`` checks that path against
+on CPU it runs in float32, as every perception does there). ``tests/unit/test_fast_path.py`` checks that path against
 ``NCA.plain_step`` in values and gradients.
 """
 

@@ -58,7 +58,7 @@ def test_import_leaves_the_allocator_and_training_sets_it_unless_turned_off(tmp_
     seen = run_probe(
         f"""
         seen["before"] = heap_kept()
-        import ncalab, ncalab.runs.allocator, ncalab.nca, ncalab.train, ncalab.bench, ncalab.evaluate, ncalab.demo
+        import ncalab, ncalab.runs.allocator, ncalab.nca, ncalab.train, ncalab.tools.bench, ncalab.evaluate, ncalab.demo
         seen["imported"] = heap_kept() or ncalab.runs.allocator.HEAP_KEPT
 
         from hydra import compose, initialize_config_dir
@@ -95,7 +95,7 @@ def test_bench_sets_it_for_baseline_and_ncalab_alike(tmp_path):
     spec = {"perception": "sobel3", "size": 8, "batch": 1, "steps": 1, "impl": "ncalab"}
     seen = run_probe(
         f"""
-        import ncalab.bench as bench
+        import ncalab.tools.bench as bench
         bench.worker = lambda spec, warmup: seen.setdefault(spec.impl, heap_kept())  # instead of timing
         bench.main(["--worker", json.dumps({{**{spec!r}, "impl": "baseline"}})])
         bench.main(["--worker", json.dumps({spec!r})])

@@ -8,11 +8,11 @@ import sys
 import pytest
 import warm
 
-from ncalab.bench import FIELDS
+from ncalab.tools.bench import FIELDS
 
 
 def test_bench_cli_prints_baseline_and_ncalab_rows_as_json_for_dense_and_pattern_states():
-    cmd = [sys.executable, "-m", "ncalab.bench", "--sizes", "12", "--steps", "2", "--batch", "2"]
+    cmd = [sys.executable, "-m", "ncalab.tools.bench", "--sizes", "12", "--steps", "2", "--batch", "2"]
     cmd += ["--repeats", "1", "--warmup", "0", "--perceptions", "sobel3", "--precision", "fp32", "--json"]
     cmd += ["--peak-seconds", "0"]
     result = warm.run(cmd, timeout=300)
@@ -36,14 +36,14 @@ def test_bench_cli_prints_baseline_and_ncalab_rows_as_json_for_dense_and_pattern
 
 
 def test_a_bad_state_is_refused_with_the_accepted_ones():
-    cmd = [sys.executable, "-m", "ncalab.bench", "--state", "dense,sparse", "--sizes", "8"]
+    cmd = [sys.executable, "-m", "ncalab.tools.bench", "--state", "dense,sparse", "--sizes", "8"]
     out = warm.run(cmd, timeout=60)
     assert out.returncode != 0
     assert "--state 'dense,sparse': accepted: pattern, dense, seed" in out.stderr
 
 
 def test_bench_cli_times_the_multiscale_perception_against_its_baseline():
-    cmd = [sys.executable, "-m", "ncalab.bench", "--sizes", "13", "--steps", "2", "--batch", "2"]
+    cmd = [sys.executable, "-m", "ncalab.tools.bench", "--sizes", "13", "--steps", "2", "--batch", "2"]
     cmd += ["--repeats", "1", "--warmup", "0", "--perceptions", "multiscale", "--precision", "fp32,bf16"]
     cmd += ["--state", "pattern", "--peak-seconds", "0", "--json"]
     result = warm.run(cmd, timeout=300)
@@ -62,7 +62,7 @@ def test_bench_times_the_fused_kernels_the_aten_ops_and_the_compiled_step_side_b
     cmd = [
         sys.executable,
         "-m",
-        "ncalab.bench",
+        "ncalab.tools.bench",
         "--sizes",
         "10",
         "--steps",

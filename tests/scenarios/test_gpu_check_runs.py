@@ -1,4 +1,4 @@
-"""`python -m ncalab.gpu_check`: the GPU check's whole path at toy size on the CPU, its inputs and its budget."""
+"""`python -m ncalab.tools.gpu_check`: the GPU check's whole path at toy size on the CPU, its inputs and its budget."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import warm
 from conftest import ROOT
 
-from ncalab.gpu_check import (
+from ncalab.tools.gpu_check import (
     SOURCE_EXPERIMENTS,
 )
 
@@ -52,7 +52,7 @@ RUN_KEYS = {
 def test_tiny_check_writes_both_summaries(tmp_path):
     out = tmp_path / "check"
     result = warm.run(
-        [sys.executable, "-m", "ncalab.gpu_check", "--out", str(out), "--tiny"], cwd=ROOT, timeout=300
+        [sys.executable, "-m", "ncalab.tools.gpu_check", "--out", str(out), "--tiny"], cwd=ROOT, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from ncalab.bench import PERCEPTIONS, Spec, flops_per_iter, start_state
+from ncalab.tools.bench import PERCEPTIONS, Spec, flops_per_iter, start_state
 
 
 def test_a_row_takes_the_peak_of_its_own_precision():
-    from ncalab.bench import row
+    from ncalab.tools.bench import row
 
     peaks = {"fp32": 100.0, "bf16": 800.0}
     for precision in ("fp32", "bf16"):
@@ -20,7 +20,7 @@ def test_a_row_takes_the_peak_of_its_own_precision():
 
 
 def test_matmul_peak_is_measured_for_both_precisions():
-    from ncalab.bench import matmul_peak
+    from ncalab.tools.bench import matmul_peak
 
     peaks = matmul_peak(n=128, repeats=2, min_seconds=0.0)
     assert set(peaks) == {"fp32", "bf16"} and all(v > 0 for v in peaks.values())
@@ -62,7 +62,7 @@ def test_flops_of_a_multiscale_bank_count_every_level():
 
 
 def test_a_bad_step_ops_value_is_refused():
-    from ncalab.bench import main
+    from ncalab.tools.bench import main
 
     with pytest.raises(SystemExit, match=r"--step-ops 'fast': accepted: fused, aten"):
         main(["--step-ops", "fast", "--sizes", "8", "--perceptions", "sobel3"])

@@ -16,8 +16,8 @@ import torch
 from test_fast_path import SINGLE_SCALE, grads, make_nca
 
 from ncalab import cpu_kernels
-from ncalab.bench import start_state
 from ncalab.nca import NCA
+from ncalab.tools.bench import start_state
 
 
 def run(nca: NCA, state: str, use_kernels: bool, monkeypatch) -> list[torch.Tensor]:

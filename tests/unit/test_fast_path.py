@@ -10,7 +10,6 @@ import torch
 from conftest import CONF
 from torch import nn
 
-from ncalab.bench import BaselineNCA, perceptions_from_conf
 from ncalab.nca import ALPHA, NCA
 from ncalab.perception import (
     FixedPerception,
@@ -19,6 +18,7 @@ from ncalab.perception import (
     ScaledPerception,
     TrainablePerception,
 )
+from ncalab.tools.bench import BaselineNCA, perceptions_from_conf
 
 CHANNELS = 16
 HIDDEN = 32
@@ -309,7 +309,7 @@ def test_gathered_bf16_rows_are_padded_to_few_sizes():
 @pytest.mark.parametrize("name", SINGLE_SCALE)
 def test_sparse_step_matches_the_plain_step_on_the_bench_states(name, state, ops, monkeypatch):
     from ncalab import cpu_kernels
-    from ncalab.bench import start_state
+    from ncalab.tools.bench import start_state
 
     monkeypatch.setenv(cpu_kernels.ENV, "1" if ops == "fused" else "0")  # the C++ kernels, or the ATen ops
     seen = count_sparse_steps(monkeypatch)
@@ -332,7 +332,7 @@ def test_sparse_step_matches_the_plain_step_on_the_bench_states(name, state, ops
 @pytest.mark.parametrize("name", ["sobel3", "sobel5_diag", "scaled"])
 def test_bf16_sparse_step_is_close_to_the_plain_step_on_the_bench_states(name, state, ops, monkeypatch):
     from ncalab import cpu_kernels
-    from ncalab.bench import start_state
+    from ncalab.tools.bench import start_state
 
     monkeypatch.setenv(cpu_kernels.ENV, "1" if ops == "fused" else "0")
     seen = count_sparse_steps(monkeypatch)
@@ -352,7 +352,7 @@ def test_bf16_sparse_step_is_close_to_the_plain_step_on_the_bench_states(name, s
 
 @pytest.mark.parametrize("name", ["trainable", "scaled"])
 def test_sparse_step_gives_the_gradient_of_the_input_state(name):
-    from ncalab.bench import start_state
+    from ncalab.tools.bench import start_state
 
     nca = make_nca(name)
     x = start_state("dense", 2, 12)

@@ -1,4 +1,4 @@
-"""`python -m ncalab.gpu_check`: the GPU check's whole path at toy size on the CPU, its inputs and its budget."""
+"""`python -m ncalab.tools.gpu_check`: the GPU check's whole path at toy size on the CPU, its inputs and its budget."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import CONF
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from ncalab.gpu_check import (
+from ncalab.tools.gpu_check import (
     SOURCE_EXPERIMENTS,
     curve_points,
     main,

@@ -31,7 +31,7 @@ def test_a_checkpoint_naming_an_unregistered_perception_is_refused_and_nothing_i
 
 def test_the_bench_offers_every_configured_perception(tmp_path):
     """The bench's perceptions are read from a config folder's perception group, not kept by hand."""
-    from ncalab.bench import perceptions_from_conf
+    from ncalab.tools.bench import perceptions_from_conf
 
     found = perceptions_from_conf(CONF)
     assert set(found) == {p.stem for p in (CONF / "perception").glob("*.yaml")}

@@ -428,7 +428,7 @@ def test_an_exported_mixed_bank_rebuilds_to_the_same_rollout(tmp_path):
 
 
 def test_bench_takes_a_bank_on_the_command_line():
-    from ncalab.bench import PERCEPTIONS, Spec, flops_per_iter, parse_perceptions, perception_factory
+    from ncalab.tools.bench import PERCEPTIONS, Spec, flops_per_iter, parse_perceptions, perception_factory
 
     names = parse_perceptions("sobel3, operators:sobel3_x,sobel3_y,laplace3,sobel5,operators:gauss5+laplace3")
     assert names == ["sobel3", "operators:sobel3_x,sobel3_y,laplace3", "sobel5", "operators:gauss5+laplace3"]

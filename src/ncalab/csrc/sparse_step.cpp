@@ -1,7 +1,7 @@
 // The memory passes of ncalab's sparse CPU step (ncalab/fast_step.py, SparseStep) around its matrix products, each
 // as one parallel loop over rows or cells instead of several ATen ops (each of which walks the grid, allocates and,
 // on several threads, wakes them). They compute bit for bit what the ATen ops they replace compute
-// (tests/test_fast_path.py compares the two); ncalab/cpu_kernels.py builds and loads them.
+// (tests/unit/test_fast_path.py compares the two); ncalab/cpu_kernels.py builds and loads them.
 //
 // Layout: the state is channels-last, so a grid of B x C x H x W is an n x C matrix of cells (n = B*H*W, rows in
 // b, h, w order); `rows` are the m updated cells, `inv` maps each cell to its row (or to m, a zero row).

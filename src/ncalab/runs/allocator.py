@@ -1,5 +1,5 @@
 """glibc's allocator setting for training and benchmarks: applied by the entry points that train or bench
-(``ncalab.train.run`` and its DDP processes, ``python -m ncalab.bench``), never by ``import ncalab``.
+(``ncalab.train.run`` and its DDP processes, ``python -m ncalab.tools.bench``), never by ``import ncalab``.
 
 A training step allocates and frees the same large activation buffers thousands of times; by default glibc
 serves each one from a fresh ``mmap`` and unmaps it on free, so every step pays page faults on zeroed pages

@@ -1,6 +1,6 @@
 """Benchmark full NCA training iterations (rollout, backward, Adam step) against a good public-style baseline.
 
-``python -m ncalab.bench`` times, for each perception, grid size and start state, the ncalab model (one or more
+``python -m ncalab.tools.bench`` times, for each perception, grid size and start state, the ncalab model (one or more
 variants: precision, gradient checkpointing, truncated backprop) and a baseline written the way a good public
 PyTorch port of the Distill NCA writes it (:class:`BaselineNCA`: NHWC state, one depthwise ``F.conv2d`` for all
 operators, ``nn.Linear`` layers, fp32, nothing fused, compiled or skipped), at the same settings, in the same
@@ -59,7 +59,7 @@ FIRE_RATE = 0.5
 # The perceptions of conf/perception/ and the truncation their config sets (rollout.backprop_steps). Any other bank
 # of fixed operators is ``operators:<op>,<op>,...`` (see :func:`perception_factory`).
 # The Hydra config folder whose perception group the bench offers (the repository's conf/).
-DEFAULT_CONF = Path(__file__).resolve().parents[2] / "conf"
+DEFAULT_CONF = Path(__file__).resolve().parents[3] / "conf"
 
 
 def perceptions_from_conf(
@@ -392,7 +392,7 @@ class Worker:
         cmd = [
             sys.executable,
             "-m",
-            "ncalab.bench",
+            "ncalab.tools.bench",
             "--worker",
             json.dumps(asdict(spec)),
             "--warmup",
@@ -487,7 +487,7 @@ def _options(text: str, cast: Callable[[str], object]) -> list:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m ncalab.bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m ncalab.tools.bench", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--perceptions",
         default=",".join(PERCEPTIONS),

@@ -1,8 +1,8 @@
-"""One command for a machine with a GPU: ``python -m ncalab.gpu_check --out DIR`` (``make gpu-check``).
+"""One command for a machine with a GPU: ``python -m ncalab.tools.gpu_check --out DIR`` (``make gpu-check``).
 
 On CUDA (under 9 minutes on one GPU, by a time budget it checks before each part):
 
-1. the training-step bench at 128x128, batch 8, 96 steps (``ncalab.bench``'s model, start state and FLOP count),
+1. the training-step bench at 128x128, batch 8, 96 steps (``ncalab.tools.bench``'s model, start state and FLOP count),
    fp32 and bf16, without and with ``torch.compile`` of the NCA step: ms per iteration, peak memory;
 2. the source's five experiments (``experiment=source source=<perception>``) for a fixed short budget each
    (``--steps`` training steps, at most ``--run-seconds`` of training), each with its end-of-run evaluation:
@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from ncalab import bench
 from ncalab.compare import read_loss_curve
+from ncalab.tools import bench
 
 PRECISIONS = ("fp32", "bf16")
 # Room kept for one compiled bench case (its warm-up compiles the step: tens of seconds on a GPU).
@@ -382,7 +382,7 @@ def _status(r: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m ncalab.gpu_check", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m ncalab.tools.gpu_check", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--out", type=Path, required=True, help="folder for summary.json, summary.md, runs/ (new or empty)"
     )
@@ -488,16 +488,17 @@ def main(argv: list[str] | None = None) -> int:
             raise GpuCheckError(f"--conf {args.conf}: no train.yaml there; run from a checkout of ncalab")
         check_out(args.out)
     except GpuCheckError as exc:
-        print(f"ncalab.gpu_check: error: {exc}", file=sys.stderr)
+        print(f"ncalab.tools.gpu_check: error: {exc}", file=sys.stderr)
         return 2
     out: Path = args.out
     if s.device == "cpu" and not args.tiny and not args.full:
         print(
-            "ncalab.gpu_check: no CUDA device: tiny mode on the CPU (--full for the full sizes)", flush=True
+            "ncalab.tools.gpu_check: no CUDA device: tiny mode on the CPU (--full for the full sizes)",
+            flush=True,
         )
     budget = Budget(s.budget_s)
     print(
-        f"ncalab.gpu_check: {device_name(s.device)} ({s.device}), {'tiny' if s.tiny else 'full'} mode, "
+        f"ncalab.tools.gpu_check: {device_name(s.device)} ({s.device}), {'tiny' if s.tiny else 'full'} mode, "
         f"budget {s.budget_s:.0f} s, writing to {out}",
         flush=True,
     )
@@ -525,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in [*bench_rows, *runs] if r["status"] == "failed"]
     print(f"wrote {out / 'summary.json'} and {out / 'summary.md'} ({budget.elapsed:.0f} s)")
     if failed:
-        print(f"ncalab.gpu_check: {len(failed)} part(s) failed (see summary.md)", file=sys.stderr)
+        print(f"ncalab.tools.gpu_check: {len(failed)} part(s) failed (see summary.md)", file=sys.stderr)
         return 1
     return 0
 
