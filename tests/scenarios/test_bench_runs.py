@@ -84,3 +84,22 @@ def test_bench_times_the_fused_kernels_the_aten_ops_and_the_compiled_step_side_b
         ("aten", "eager"),
     ]
     assert all(r["s_per_iter"] > 0 for r in rows)
+
+
+def test_interleaved_variants_are_timed_in_turns_and_compared_with_the_first():
+    cmd = [sys.executable, "-m", "ncalab.tools.bench", "--sizes", "10", "--steps", "2", "--batch", "1"]
+    cmd += ["--state", "pattern", "--repeats", "3", "--warmup", "0", "--perceptions", "sobel3", "--json"]
+    cmd += ["--precision", "fp32", "--peak-seconds", "0", "--step-ops", "fused,aten", "--interleave"]
+    result = warm.run(cmd, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    # The baseline comes first (without --no-baseline), then the variants; each timed 3 times.
+    assert [(r["impl"], r.get("step_ops")) for r in rows] == [
+        ("baseline", "fused"),
+        ("ncalab", "fused"),
+        ("ncalab", "aten"),
+    ]
+    assert all(r["repeats"] == 3 and r["s_per_iter"] > 0 for r in rows)
+    assert rows[0]["vs_first"] == 1.0
+    for r in rows[1:]:
+        assert r["vs_first"] == round(rows[0]["s_per_iter"] / r["s_per_iter"], 3)

@@ -530,6 +530,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="at least this long per precision measuring the matrix-product peak (default 1; 0: 8 products)",
     )
     ap.add_argument("--no-baseline", action="store_true", help="time the ncalab variants only (no speedup)")
+    ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="run every ncalab variant of a case at once and time them in turns (the order rotating each repeat), "
+        "so that load hits all alike; each row's vs_first is median(first variant) / median(its own)",
+    )
     ap.add_argument("--json", action="store_true", help="one JSON object per case on stdout")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -600,7 +606,13 @@ def print_row(r: dict, as_json: bool) -> None:
         extra.append(f"compile={r['compile_backend']}")
     if r["backprop_steps"]:
         extra.append(f"bp={r['backprop_steps']}")
-    speed = f"{r['speedup']:5.2f}x" if "speedup" in r else "     -"
+    speed = (
+        f"{r['speedup']:5.2f}x"
+        if "speedup" in r
+        else f"{r['vs_first']:5.2f}x vs first"
+        if "vs_first" in r
+        else "     -"
+    )
     share = f"{100 * r['peak_share']:5.1f}%" if r.get("peak_share") is not None else "    -"
     print(
         f"{r['perception']:<20} {r['size']:>4} {r['state']:<7} {r['impl']:<8} {r['precision']:<4} "
@@ -608,6 +620,24 @@ def print_row(r: dict, as_json: bool) -> None:
         f"{r['gflops']:7.2f} GFLOP/s {share} of peak {r['peak_mem_gb']:6.2f} GB  {speed}",
         flush=True,
     )
+
+
+def interleaved(base_spec: Spec, variants: list[Spec], args: argparse.Namespace, peaks: dict) -> list[dict]:
+    """Rows for ``variants`` (and the baseline unless ``--no-baseline``) timed in turns: every worker is started
+    and warmed up first, then each repeat runs one iteration of each, the order rotated by one each repeat."""
+    specs = ([] if args.no_baseline else [base_spec]) + variants
+    workers = [Worker(spec, args.warmup, args.threads) for spec in specs]
+    for w in workers:
+        w.wait_ready()
+    for r in range(args.repeats):
+        k = r % len(workers)
+        for w in workers[k:] + workers[:k]:
+            w.run()
+    rows = [row(spec, w.times, w.stop(), peaks) for spec, w in zip(specs, workers, strict=True)]
+    first = rows[0]["s_per_iter"]
+    for r in rows:
+        r["vs_first"] = round(first / r["s_per_iter"], 3)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -627,6 +657,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     for base_spec, variants in groups:
+        if args.interleave:
+            for r in interleaved(base_spec, variants, args, peaks):
+                print_row(r, args.json)
+            continue
         # The baseline and the first variant start (import, build, warm up) side by side; later variants
         # start one at a time, so that at most two workers hold memory.
         base = None if args.no_baseline else Worker(base_spec, args.warmup, args.threads)
