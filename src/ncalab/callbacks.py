@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -39,6 +40,7 @@ from ncalab.media import (
     write_video,
 )
 from ncalab.runs import folder as run_folder
+from ncalab.runs import memory
 from ncalab.runs.status import STOP, RunInterrupted
 
 log = logging.getLogger("ncalab")
@@ -307,11 +309,14 @@ class RunEvaluation(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
         self._start_step = trainer.global_step
+        self._device = getattr(pl_module, "device", torch.device("cpu"))
+        self._peak_counted = memory.reset_peak(self._device)
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         elapsed = time.perf_counter() - self._start
         steps_run = trainer.global_step - self._start_step
+        peak = memory.peak_gb(self._device) if getattr(self, "_peak_counted", False) else None
         nca = pl_module.nca
         target = trainer.datamodule.target
         measured = measure_nca(nca, target, **self.kwargs)
@@ -349,6 +354,7 @@ class RunEvaluation(L.Callback):
             "regrown_wide": result["regeneration"]["regrown_wide"],
             "wall_time_s": elapsed,
             "s_per_iter": elapsed / steps_run if steps_run else None,
+            "peak_memory_gb": round(peak, 3) if peak is not None and math.isfinite(peak) else None,
             "parameters": sum(p.numel() for p in nca.parameters() if p.requires_grad),
             "grid": [int(h), int(w)],
             "render": nca.render.name,

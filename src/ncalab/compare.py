@@ -59,6 +59,11 @@ RUN_COLUMNS = (
 # Shown only when a run has them: the wide cuts, the image compared at a common size (callbacks.evaluation.at_size).
 OPTIONAL_COLUMNS = (
     ("regrown_wide", "wide/4", "int"),  # cuts past the middle (evaluation.json from before them has none)
+    (
+        "peak_memory_gb",
+        "peak_gb",
+        "float",
+    ),  # the training's peak memory (summary.json from before it has none)
     ("psnr_at_size", "psnr@size_db", "psnr"),
     ("ssim_at_size", "ssim@size", "float"),
     ("at_size", "size_px", "int"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from types import SimpleNamespace
 
 import torch
@@ -63,6 +64,8 @@ def test_the_end_of_run_evaluation_writes_the_documented_keys(tmp_path):
 
     summary = json.loads((tmp_path / run_folder.SUMMARY_FILE).read_text())
     assert tuple(summary) == run_folder.SUMMARY_KEYS
+    if sys.platform.startswith("linux"):
+        assert 0.1 < summary["peak_memory_gb"] < 64  # this process's resident set while "training"
     evaluation = json.loads((tmp_path / run_folder.EVALUATION_FILE).read_text())
     assert tuple(evaluation) == run_folder.EVALUATION_KEYS
     assert tuple(evaluation["long_run"]) == run_folder.LONG_RUN_KEYS

@@ -46,7 +46,9 @@ stop)
     ``train_loss``) and ``python -m ncalab.compare``. Keys: :data:`SUMMARY_KEYS`: ``perception``, ``steps``,
     ``train_loss``; from ``evaluation.json``: ``eval_steps`` (its ``horizon``), ``eval_loss`` (its ``loss``),
     ``psnr``, ``ssim``, ``holds_steps``, ``long_run_loss`` (the loss at the last long-run check),
-    ``non_finite``, ``grown``, ``regrown``, ``regrown_wide``; ``wall_time_s``, ``s_per_iter`` (``null`` when no step ran),
+    ``non_finite``, ``grown``, ``regrown``, ``regrown_wide``; ``wall_time_s``, ``s_per_iter`` (``null`` when no step ran), ``peak_memory_gb`` (the training's
+    peak: the process's resident set on CPU, torch's allocations on CUDA; :mod:`ncalab.runs.memory`; ``null``
+    where it cannot be counted),
     ``parameters``, ``grid`` ([H, W], cells), ``render`` (``cells`` or ``decoder``), ``image`` ([H, W] pixels: the
     grid x ``render.scale``), ``divergences``, ``divergence_events`` (the guard's events: ``step``,
     ``cause``, ``action``, ``restored_step``, ``lr``), ``stopped_by_guard``; ``at_size``, ``psnr_at_size``,
@@ -146,6 +148,7 @@ SUMMARY_KEYS = (
     "regrown_wide",
     "wall_time_s",
     "s_per_iter",
+    "peak_memory_gb",
     "parameters",
     "grid",
     "render",
