@@ -24,6 +24,9 @@ from ncalab.checkpoint import read_checkpoint
 from ncalab.nca import seed_state
 from ncalab.train import build_module, run
 
+# Where the DDP runs' processes find this module (its probes are named as callbacks) and what it imports.
+TEST_PATHS = (ROOT / "tests", ROOT / "tests" / "unit", ROOT / "tests" / "scenarios")
+
 
 def ddp_cfg(out: Path, *overrides: str):
     return make_cfg(
@@ -209,6 +212,30 @@ def _files(directory: Path) -> dict[str, tuple[int, int]]:
     return state
 
 
+class BusyProbe(L.Callback):
+    """In every DDP process, at the first training batch: write this process's pid to ``<dir>/rank<r>.pid``,
+    then stay busy for ``seconds`` the way a long convolution is busy for Python's signal handling: signals that
+    arrive meanwhile are handled once, afterwards (here SIGINT and SIGTERM are held for that time)."""
+
+    def __init__(self, directory: str, seconds: float):
+        super().__init__()
+        self.directory, self.seconds, self.done = Path(directory), seconds, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.done:
+            return
+        self.done = True
+        temp = self.directory / f".rank{trainer.global_rank}.tmp"
+        temp.write_text(str(os.getpid()))
+        temp.replace(self.directory / f"rank{trainer.global_rank}.pid")
+        held = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            time.sleep(self.seconds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_processes_die_with_a_killed_run_and_write_nothing_more(tmp_path):
     busy = 5.0
@@ -218,10 +245,10 @@ def test_processes_die_with_a_killed_run_and_write_nothing_more(tmp_path):
         sys.executable, "train.py", "experiment=smoke", "trainer=ddp", "trainer.devices=2",
         "trainer.accelerator=cpu", "trainer.max_steps=50", "threads=1", f"hydra.run.dir={out}",
         "callbacks.media=null", "callbacks.evaluation=null",
-        "+callbacks.busy._target_=test_ddp.BusyProbe", f"+callbacks.busy.directory={probes}",
+        "+callbacks.busy._target_=test_ddp_runs.BusyProbe", f"+callbacks.busy.directory={probes}",
         f"+callbacks.busy.seconds={busy}",
     ]  # fmt: skip
-    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [*map(str, TEST_PATHS), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     parent = warm.start(cmd, cwd=ROOT, env=env)  # the run's process, as `python train.py ...` starts it
     workers: list[int] = []
@@ -261,6 +288,22 @@ def test_processes_die_with_a_killed_run_and_write_nothing_more(tmp_path):
         parent.wait(timeout=30)
 
 
+class StepProbe(L.Callback):
+    """In every DDP process, at the end of step ``step``: write this process's pid to ``<dir>/rank<r>.pid``."""
+
+    def __init__(self, directory: str, step: int):
+        super().__init__()
+        self.directory, self.step, self.done = Path(directory), step, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.done or trainer.global_step < self.step:
+            return
+        self.done = True
+        temp = self.directory / f".rank{trainer.global_rank}.tmp"
+        temp.write_text(str(os.getpid()))
+        temp.replace(self.directory / f"rank{trainer.global_rank}.pid")
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_to_the_run_process_alone_stops_every_process_with_a_checkpoint(tmp_path, sig, code):
@@ -272,10 +315,10 @@ def test_a_signal_to_the_run_process_alone_stops_every_process_with_a_checkpoint
         sys.executable, "train.py", "experiment=smoke", "trainer=ddp", "trainer.devices=2",
         "trainer.accelerator=cpu", "trainer.max_steps=100000", "callbacks.checkpoint.every_n_train_steps=100000",
         "threads=1", f"hydra.run.dir={out}", "callbacks.media=null", "logger=csv",
-        "+callbacks.probe._target_=test_ddp.StepProbe", f"+callbacks.probe.directory={probes}",
+        "+callbacks.probe._target_=test_ddp_runs.StepProbe", f"+callbacks.probe.directory={probes}",
         "+callbacks.probe.step=3",
     ]  # fmt: skip
-    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [*map(str, TEST_PATHS), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     parent = warm.start(cmd, cwd=ROOT, env=env)  # the run's process, as `python train.py ...` starts it
     workers: list[int] = []
