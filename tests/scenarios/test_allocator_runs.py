@@ -96,9 +96,9 @@ def test_bench_sets_it_for_baseline_and_ncalab_alike(tmp_path):
     seen = run_probe(
         f"""
         import ncalab.tools.bench as bench
-        bench.worker = lambda spec, warmup: seen.setdefault(spec.impl, heap_kept())  # instead of timing
-        bench.main(["--worker", json.dumps({{**{spec!r}, "impl": "baseline"}})])
-        bench.main(["--worker", json.dumps({spec!r})])
+        bench.worker = lambda spec, warmup, conn: seen.setdefault(spec.impl, heap_kept())  # instead of timing
+        bench._serve(None, {{**{spec!r}, "impl": "baseline"}}, 0, None)  # each worker process's entry point
+        bench._serve(None, {spec!r}, 0, None)
         """,
         tmp_path,
     )

@@ -7,7 +7,8 @@ operators, ``nn.Linear`` layers, fp32, nothing fused, compiled or skipped), at t
 invocation. By default both start states are timed: ``dense`` (every cell alive: a texture, or a large target
 that fills its grid) and ``pattern`` (a grown pattern with dead space around it).
 
-Every implementation runs in its own worker process (so that its peak memory is its own), each with the same
+Every implementation runs in its own worker process (so that its peak memory is its own; forked from a server that
+has imported torch once, :func:`_context`), each with the same
 allocator setting (:func:`ncalab.runs.allocator.keep_heap`, unless ``NCALAB_KEEP_HEAP=0``): like for like. The parent
 interleaves single iterations of the baseline and of the ncalab variant being measured, so that load from other
 processes hits both alike, and reports medians. The speedup of an ncalab row is median(baseline) / median(ncalab)
@@ -25,16 +26,19 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import importlib
 import json
 import math
+import multiprocessing
+import multiprocessing.context
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
@@ -364,8 +368,8 @@ def peak_memory_gb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def worker(spec: Spec, warmup: int) -> None:
-    """Serve the parent: ``run`` -> one timed iteration, ``stop`` -> peak memory, then exit."""
+def worker(spec: Spec, warmup: int, conn: Connection) -> None:
+    """Serve the parent over ``conn``: ``"run"`` -> one timed iteration, ``"stop"`` -> peak memory, then return."""
     if spec.step_ops not in STEP_OPS:
         raise SystemExit(f"step_ops={spec.step_ops!r}; accepted: {', '.join(STEP_OPS)}")
     os.environ[cpu_kernels.ENV] = "1" if spec.step_ops == "fused" else "0"  # read by the step at every call
@@ -374,57 +378,79 @@ def worker(spec: Spec, warmup: int) -> None:
     for _ in range(warmup):
         iteration()
     sync()
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        cmd = line.strip()
+    conn.send({"ready": True})
+    while True:
+        try:
+            cmd = conn.recv()
+        except EOFError:  # the parent is gone
+            return
         if cmd == "run":
             t = time.perf_counter()
             iteration()
             sync()
-            print(json.dumps({"t": time.perf_counter() - t}), flush=True)
+            conn.send({"t": time.perf_counter() - t})
         elif cmd == "stop":
-            print(json.dumps({"peak_mem_gb": peak_memory_gb(spec.device)}), flush=True)
+            conn.send({"peak_mem_gb": peak_memory_gb(spec.device)})
             return
+
+
+def _serve(conn: Connection, spec: dict, warmup: int, threads: int | None) -> None:
+    """A worker process's entry point: the same allocator setting as every other worker, its threads, then serve."""
+    keep_heap()
+    if threads:
+        torch.set_num_threads(threads)
+    worker(Spec(**spec), warmup, conn)
+
+
+_CONTEXT: multiprocessing.context.BaseContext | None = None
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Workers are forked from a server process that has imported torch and ncalab once (multiprocessing's
+    forkserver), not started as new interpreters: a worker is ready in a fraction of a second instead of the
+    seconds an import of torch takes, and the server has run no parallel region, so forking it is safe."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        # What this module imports (torch, above all), not this module itself: a child started from
+        # `python -m ncalab.tools.bench` runs it as its main module, which runpy refuses to find imported already.
+        _CONTEXT.set_forkserver_preload(["ncalab.nca", "ncalab.perception", "ncalab.cpu_kernels"])
+    return _CONTEXT
 
 
 class Worker:
     def __init__(self, spec: Spec, warmup: int, threads: int | None):
-        cmd = [
-            sys.executable,
-            "-m",
-            "ncalab.tools.bench",
-            "--worker",
-            json.dumps(asdict(spec)),
-            "--warmup",
-            str(warmup),
-        ]
-        if threads:
-            cmd += ["--threads", str(threads)]
+        # This module as sys.modules holds it by name (also when it runs as __main__ under python -m): the
+        # entry point is pickled by that name.
+        bench = importlib.import_module("ncalab.tools.bench")
+        ctx = _context()
         self.spec = spec
         self.times: list[float] = []
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=bench._serve, args=(child, asdict(spec), warmup, threads), daemon=True)
+        self.proc.start()
+        child.close()
 
     def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"bench worker for {self.spec} exited with {self.proc.wait()}")
-        return json.loads(line)
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.proc.join()
+            raise RuntimeError(f"bench worker for {self.spec} exited with {self.proc.exitcode}") from None
 
     def wait_ready(self) -> None:
         self._read()
 
     def run(self) -> float:
-        self.proc.stdin.write("run\n")
-        self.proc.stdin.flush()
+        self.conn.send("run")
         t = self._read()["t"]
         self.times.append(t)
         return t
 
     def stop(self) -> float:
-        self.proc.stdin.write("stop\n")
-        self.proc.stdin.flush()
+        self.conn.send("stop")
         peak = self._read()["peak_mem_gb"]
-        self.proc.wait()
+        self.proc.join()
         return peak
 
 
@@ -537,7 +563,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "so that load hits all alike; each row's vs_first is median(first variant) / median(its own)",
     )
     ap.add_argument("--json", action="store_true", help="one JSON object per case on stdout")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -645,9 +670,6 @@ def main(argv: list[str] | None = None) -> int:
     keep_heap()  # ncalab.runs.allocator, for every worker alike (NCALAB_KEEP_HEAP=0 turns it off for all)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.worker:
-        worker(Spec(**json.loads(args.worker)), args.warmup)
-        return 0
     groups = cases(args)
     peaks = matmul_peak(groups[0][0].device, min_seconds=args.peak_seconds) if groups else {}
     if not args.json:  # JSON rows carry it as peak_gflops
