@@ -4,6 +4,10 @@ precision and start state; without a build the step warns once and uses the ATen
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
 from test_cpu_kernels import _copy_build, _kernels_cli
 
 from ncalab import cpu_kernels
@@ -23,3 +27,44 @@ def test_a_truncated_cached_library_is_rebuilt_not_loaded(kernels, tmp_path):
     assert "damaged" in done.stderr and "rebuilding" in done.stderr
     assert f"fused CPU kernels ready in {root / cpu_kernels.build_name()}" in done.stdout
     assert library.stat().st_size > len(data) // 3
+
+
+def test_a_read_only_prebuilt_folder_is_used(kernels, tmp_path, monkeypatch):
+    """A shared install whose folder cannot be written (its lock cannot be created) loads its recorded build."""
+    root, _ = _copy_build(kernels, tmp_path)
+    assert _kernels_cli(root).returncode == 0  # records it
+
+    class ReadOnly:
+        def __init__(self, *a, **k):
+            raise PermissionError(13, "Permission denied", a[0])
+
+    monkeypatch.setenv(cpu_kernels.DIR_ENV, str(root))
+    monkeypatch.setattr(cpu_kernels, "_tried", False)
+    monkeypatch.setattr(cpu_kernels, "_module", None)
+    monkeypatch.setattr(cpu_kernels, "FileLock", ReadOnly)
+    monkeypatch.setattr(cpu_kernels, "_build", lambda *a: pytest.fail("built again"))
+    assert cpu_kernels.load() is not None
+
+
+def test_a_process_waiting_for_anothers_build_says_so(kernels, tmp_path, monkeypatch, caplog):
+    root, _ = _copy_build(kernels, tmp_path)
+    monkeypatch.setenv(cpu_kernels.DIR_ENV, str(root))
+    monkeypatch.setattr(cpu_kernels, "_tried", False)
+    monkeypatch.setattr(cpu_kernels, "_module", None)
+    monkeypatch.setattr(cpu_kernels, "LOCK_PATIENCE_S", 0.2)
+    lock = root / cpu_kernels.build_name() / "ncalab.lock"
+    holder = subprocess.Popen(  # another process holds the folder's lock for a while
+        [
+            sys.executable,
+            "-c",
+            f"import time, filelock; l = filelock.FileLock({str(lock)!r}); l.acquire(); "
+            "print('held', flush=True); time.sleep(1.5)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with caplog.at_level("WARNING", logger="ncalab.cpu_kernels"):
+        assert cpu_kernels.load() is not None
+    holder.wait(timeout=30)
+    assert any("waiting for another process" in r.getMessage() for r in caplog.records)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
@@ -339,27 +337,6 @@ def test_a_single_group_keeps_its_whole_label(tmp_path, capsys):
     assert (
         markdown_rows(out, "### Mean ± sample std over seeds (finished runs)")[1][0] == "`experiment=smoke`"
     )
-
-
-def test_compare_does_not_import_the_training_code():
-    """compare reads run folders (ncalab.runs.folder) and nothing of the training: not even torch."""
-    heavy = (
-        "torch",
-        "lightning",
-        "wandb",
-        "ncalab.train",
-        "ncalab.lit_module",
-        "ncalab.callbacks",
-        "ncalab.runs.status",
-        "ncalab.data",
-        "ncalab.nca",
-        "ncalab.metrics",
-        "ncalab.evaluate",
-    )
-    code = f"import sys, ncalab.compare; print([m for m in {heavy!r} if m in sys.modules])"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
 
 
 def test_strip_puts_each_runs_target_above_its_grown_pattern(tmp_path, capsys):
