@@ -1,7 +1,7 @@
 """Tests for ncalab.nca: alive mask, seed, zero-initialised update, stochastic firing, rollout, truncated backprop.
 
 The step mechanics are checked on both ``NCA.plain_step`` (the rule) and ``NCA.step`` (the fast path that
-training uses); tests/test_fast_path.py compares the two value for value."""
+training uses); tests/unit/test_fast_path.py compares the two value for value."""
 
 from __future__ import annotations
 
