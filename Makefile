@@ -22,8 +22,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
 	$(PY) -m pip install $(PIP_QUIET) $(TORCH)
 	$(PY) -m pip install $(PIP_QUIET) -e ".[dev]"
-	@# The fused CPU kernels of the step (C++, built once; without a compiler the step uses ATen ops, slower).
-	$(PY) -m ncalab.cpu_kernels || true
 	touch $(STAMP)
 
 train: install ## train the quickstart (small built-in target, < 10 min on a 2-core CPU)

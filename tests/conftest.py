@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from ncalab import cpu_kernels
 from ncalab.runs.supervision import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,13 +118,3 @@ def smoke_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke_checkpoint(smoke_run):
     return smoke_run / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    module = cpu_kernels.load()
-    if module is None:
-        if shutil.which("c++") or shutil.which("g++"):
-            pytest.fail(f"a C++ compiler is here but the kernels did not build: {cpu_kernels.why_not()}")
-        pytest.skip(f"no C++ compiler: the kernels cannot be built here ({cpu_kernels.why_not()})")
-    return module

@@ -28,11 +28,9 @@ training, evaluation, media, the bench. How it differs from the plain step:
   runs much faster than N=49), the state's own columns are added at the updated rows only, and each operator's
   columns are scattered to the grid straight into a contiguous channels-last buffer for its convolution's
   backward. The weight gradient of the first layer is ``(y.T @ g_h).T`` (faster than ``g_h.T @ y`` here).
-- The memory passes of that step around its matrix products (the rows gathered side by side and converted, the
-  updates added back with the alive masks, in backward the mask with the gathered gradient rows, the input
-  gradient's columns back on the grid) are four fused C++ kernels (:mod:`ncalab.cpu_kernels`, built once) with a
-  float32 state: bit for bit the values of the ATen ops they replace, which run where the kernels are not built
-  or turned off (``NCALAB_CPU_KERNELS=0``). Measured 1.18-1.21x on a dense 72x72 grid in bf16, 1.01-1.14x fp32.
+- The memory passes of that step around its matrix products are ATen ops. Fused C++ kernels for four of them
+  gained 1-7% in fp32 and 10-15% in bf16 (interleaved, docs/performance.md): not enough for a build step, so they
+  were removed.
 - What that step takes of the parameters (the first layer's reordered columns, the operator kernels with the
   response scale folded in) is derived once per rollout (:func:`step_weights`, passed in by ``NCA.rollout``), not
   once per step: the parameters do not change during a rollout, and autograd sums the steps' gradients first.
@@ -67,7 +65,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ncalab import cpu_kernels
 from ncalab.perception import Perception
 
 if TYPE_CHECKING:
@@ -284,7 +281,6 @@ def sparse_step(
         total,
         low or x.dtype,
         nca.alive_threshold,
-        cpu_kernels.load() if x.dtype == torch.float32 else None,
         weights.first,
         l1.bias,
         weights.second,
@@ -382,7 +378,7 @@ class SparseStep(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, pre, rows, inv, total, dtype, threshold, kernels, w1, b1, w2, b2, *op_w):
+    def forward(ctx, x, pre, rows, inv, total, dtype, threshold, w1, b1, w2, b2, *op_w):
         b, c, hh, ww = x.shape
         n, m = b * hh * ww, rows.numel()
         cells = x.permute(0, 2, 3, 1).reshape(n, c)  # a view: x is channels-last
@@ -390,18 +386,15 @@ class SparseStep(torch.autograd.Function):
         for wo in op_w:
             r = F.conv2d(x, wo, padding=wo.shape[-1] // 2, groups=c)
             parts.append(r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, c))
-        if kernels is not None:  # one pass: rows gathered side by side, converted, bias column, zero rows
-            y = kernels.gather_rows(rows, total, parts, dtype)
-        else:
-            k = c * len(parts)
-            y = torch.empty(total, k + 1, dtype=dtype, device=x.device)
-            for i, p in enumerate(parts):
-                if p.dtype == dtype:  # straight into the matrix's columns
-                    torch.index_select(p, 0, rows, out=y[:m, i * c : (i + 1) * c])
-                else:
-                    y[:m, i * c : (i + 1) * c] = p.index_select(0, rows)
-            y[:m, k] = 1.0
-            y[m:] = 0.0
+        k = c * len(parts)
+        y = torch.empty(total, k + 1, dtype=dtype, device=x.device)
+        for i, p in enumerate(parts):
+            if p.dtype == dtype:  # straight into the matrix's columns
+                torch.index_select(p, 0, rows, out=y[:m, i * c : (i + 1) * c])
+            else:
+                y[:m, i * c : (i + 1) * c] = p.index_select(0, rows)
+        y[:m, k] = 1.0
+        y[m:] = 0.0
         w1a = torch.cat([w1, b1[:, None]], dim=1).to(dtype)
         w2c = w2.to(dtype)
         b2c = None if b2 is None else b2.to(dtype)
@@ -412,22 +405,15 @@ class SparseStep(torch.autograd.Function):
         else:
             h = torch.mm(y, w1a.t()).relu_()
             out = torch.mm(h, w2c.t()) if b2c is None else torch.addmm(b2c, h, w2c.t())
-        if kernels is not None:  # one pass for x + dx (out's rows from m on read as zero), one for the masks
-            new, keep = kernels.scatter_update(
-                out, inv, m, cells, pre.reshape(n), b, hh, ww, ALPHA, threshold
-            )
-            new, keep = new.view(b, hh, ww, c).permute(0, 3, 1, 2), keep.view(b, 1, hh, ww)
-        else:
-            out = out.to(x.dtype)
-            out[m:] = 0.0  # the zero row of the cells that are not updated (the padded rows hold b2)
-            new = out.index_select(0, inv).add_(cells)  # x + dx, every cell, channels-last
-            new = new.view(b, hh, ww, c).permute(0, 3, 1, 2)
-            keep = pre & alive_cells(new, threshold)
-            new.mul_(keep.to(new.dtype))
-        trained = any(ctx.needs_input_grad[12:])
+        out = out.to(x.dtype)
+        out[m:] = 0.0  # the zero row of the cells that are not updated (the padded rows hold b2)
+        new = out.index_select(0, inv).add_(cells)  # x + dx, every cell, channels-last
+        new = new.view(b, hh, ww, c).permute(0, 3, 1, 2)
+        keep = pre & alive_cells(new, threshold)
+        new.mul_(keep.to(new.dtype))
+        trained = any(ctx.needs_input_grad[11:])
         ctx.save_for_backward(x if trained else None, rows, inv, y, w1a, w2c, h, keep, *op_w)
         ctx.dtypes = (w1.dtype, b1.dtype, w2.dtype, None if b2 is None else b2.dtype)
-        ctx.kernels = kernels
         return new
 
     @staticmethod
@@ -435,44 +421,35 @@ class SparseStep(torch.autograd.Function):
         x, rows, inv, y, w1a, w2c, h, keep, *op_w = ctx.saved_tensors
         b, c, hh, ww = g_out.shape
         n, m = b * hh * ww, rows.numel()
-        kernels = ctx.kernels
-        if kernels is not None:  # the mask and the gathered rows in one call
-            g_flat = g_out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, c)
-            g_cells, g = kernels.gather_grad(g_flat, keep.reshape(n), rows, y.shape[0], y.dtype)
-            gx = g_cells.view(b, hh, ww, c).permute(0, 3, 1, 2)
+        gx = torch.empty(
+            g_out.shape, dtype=g_out.dtype, device=g_out.device, memory_format=torch.channels_last
+        )
+        torch.mul(g_out, keep, out=gx)
+        g_cells = gx.permute(0, 2, 3, 1).reshape(n, c)  # a view
+        g = torch.empty(y.shape[0], c, dtype=y.dtype, device=y.device)
+        if g.dtype == g_cells.dtype:
+            torch.index_select(g_cells, 0, rows, out=g[:m])
         else:
-            gx = torch.empty(
-                g_out.shape, dtype=g_out.dtype, device=g_out.device, memory_format=torch.channels_last
-            )
-            torch.mul(g_out, keep, out=gx)
-            g_cells = gx.permute(0, 2, 3, 1).reshape(n, c)  # a view
-            g = torch.empty(y.shape[0], c, dtype=y.dtype, device=y.device)
-            if g.dtype == g_cells.dtype:
-                torch.index_select(g_cells, 0, rows, out=g[:m])
-            else:
-                g[:m] = g_cells.index_select(0, rows)
-            g[m:] = 0.0
+            g[:m] = g_cells.index_select(0, rows)
+        g[m:] = 0.0
         g_w2 = torch.mm(g.t(), h)
-        g_b2 = g.sum(0) if ctx.needs_input_grad[11] else None
+        g_b2 = g.sum(0) if ctx.needs_input_grad[10] else None
         g_h = torch.mm(g, w2c)
         torch.ops.aten.threshold_backward.grad_input(g_h, h, 0.0, grad_input=g_h)  # ReLU backward, in place
         del h
         g_w1a = torch.mm(y.t(), g_h).t()
         need_x = ctx.needs_input_grad[0]
-        need_w = ctx.needs_input_grad[12:]
+        need_w = ctx.needs_input_grad[11:]
         g_ws = [None] * len(op_w)
         if need_x or any(need_w):
             k = c * (1 + len(op_w))
             g_y = torch.mm(g_h, w1a[:, :k])  # rows from m on are zero: so is g there
             del g_h
-            if kernels is not None:  # state columns added to gx and each operator's scattered, in one pass
-                g_ops = kernels.scatter_grad(g_y, inv, g_cells, len(op_w))
-            else:
-                g_y = g_y.to(gx.dtype)
-                if need_x:  # the state's own columns, at rows (every other cell gathers the zero row m)
-                    g_cells.add_(g_y[:, :c].index_select(0, inv))
-                # each operator's columns scattered to the grid
-                g_ops = [g_y[:, (o + 1) * c : (o + 2) * c].index_select(0, inv) for o in range(len(op_w))]
+            g_y = g_y.to(gx.dtype)
+            if need_x:  # the state's own columns, at rows (every other cell gathers the zero row m)
+                g_cells.add_(g_y[:, :c].index_select(0, inv))
+            # each operator's columns scattered to the grid
+            g_ops = [g_y[:, (o + 1) * c : (o + 2) * c].index_select(0, inv) for o in range(len(op_w))]
             for o, wo in enumerate(op_w):
                 g_r = g_ops[o].view(b, hh, ww, c).permute(0, 3, 1, 2)
                 pad = wo.shape[-1] // 2
@@ -496,13 +473,12 @@ class SparseStep(torch.autograd.Function):
         g_w1, g_b1 = g_w1a[:, :-1].to(d_w1), g_w1a[:, -1].to(d_b1)
         return (
             gx if need_x else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
+            None,  # pre
+            None,  # rows
+            None,  # inv
+            None,  # total
+            None,  # dtype
+            None,  # threshold
             g_w1,
             g_b1,
             g_w2.to(d_w2),

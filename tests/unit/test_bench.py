@@ -59,10 +59,3 @@ def test_flops_of_a_multiscale_bank_count_every_level():
     dw = 2 * c * 3 * 9 * (1 + 1 / 4 + 1 / 16) + c * 2 + 8 * c * 3 * 2
     l1, l2 = 2 * c * 10 * h, 2 * h * c
     assert flops_per_iter(spec) == pytest.approx(64 * ((dw + l1 + l2) + (2 * (l1 + l2) + dw)))
-
-
-def test_a_bad_step_ops_value_is_refused():
-    from ncalab.tools.bench import main
-
-    with pytest.raises(SystemExit, match=r"--step-ops 'fast': accepted: fused, aten"):
-        main(["--step-ops", "fast", "--sizes", "8", "--perceptions", "sobel3"])

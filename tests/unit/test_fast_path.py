@@ -304,14 +304,11 @@ def test_gathered_bf16_rows_are_padded_to_few_sizes():
     assert len(sizes) <= 4 and all(s % 1024 == 0 for s in sizes)
 
 
-@pytest.mark.parametrize("ops", ["fused", "aten"])
 @pytest.mark.parametrize("state", ["dense", "pattern"])
 @pytest.mark.parametrize("name", SINGLE_SCALE)
-def test_sparse_step_matches_the_plain_step_on_the_bench_states(name, state, ops, monkeypatch):
-    from ncalab import cpu_kernels
+def test_sparse_step_matches_the_plain_step_on_the_bench_states(name, state, monkeypatch):
     from ncalab.tools.bench import start_state
 
-    monkeypatch.setenv(cpu_kernels.ENV, "1" if ops == "fused" else "0")  # the C++ kernels, or the ATen ops
     seen = count_sparse_steps(monkeypatch)
     nca = make_nca(name)  # default sparse_below: a dense grid at fire rate 0.5 updates about half its cells
     x = start_state(state, 2, 16)
@@ -327,14 +324,11 @@ def test_sparse_step_matches_the_plain_step_on_the_bench_states(name, state, ops
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("ops", ["fused", "aten"])
 @pytest.mark.parametrize("state", ["dense", "pattern"])
 @pytest.mark.parametrize("name", ["sobel3", "sobel5_diag", "scaled"])
-def test_bf16_sparse_step_is_close_to_the_plain_step_on_the_bench_states(name, state, ops, monkeypatch):
-    from ncalab import cpu_kernels
+def test_bf16_sparse_step_is_close_to_the_plain_step_on_the_bench_states(name, state, monkeypatch):
     from ncalab.tools.bench import start_state
 
-    monkeypatch.setenv(cpu_kernels.ENV, "1" if ops == "fused" else "0")
     seen = count_sparse_steps(monkeypatch)
     nca = make_nca(name, precision="bf16")  # with a last-layer bias: padded rows must not leak it
     x = start_state(state, 2, 16)

@@ -31,7 +31,6 @@ import json
 import math
 import multiprocessing
 import multiprocessing.context
-import os
 import re
 import statistics
 import sys
@@ -45,7 +44,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncalab import cpu_kernels
 from ncalab.errors import ConfigError
 from ncalab.nca import ALPHA, NCA, seed_state
 from ncalab.perception import (
@@ -263,9 +261,6 @@ class Spec:
     state: str = "pattern"
     seed: int = 0
     compile_backend: str | None = None  # ncalab only: torch.compile the NCA step with this backend
-    step_ops: str = (
-        "fused"  # ncalab on CPU: the step's fused C++ kernels, or the same passes as plain ATen ops
-    )
 
 
 def flops_per_iter(spec: Spec) -> float:
@@ -370,9 +365,6 @@ def peak_memory_gb(device: str) -> float:
 
 def worker(spec: Spec, warmup: int, conn: Connection) -> None:
     """Serve the parent over ``conn``: ``"run"`` -> one timed iteration, ``"stop"`` -> peak memory, then return."""
-    if spec.step_ops not in STEP_OPS:
-        raise SystemExit(f"step_ops={spec.step_ops!r}; accepted: {', '.join(STEP_OPS)}")
-    os.environ[cpu_kernels.ENV] = "1" if spec.step_ops == "fused" else "0"  # read by the step at every call
     iteration = build(spec)
     sync = torch.cuda.synchronize if spec.device.startswith("cuda") else (lambda: None)
     for _ in range(warmup):
@@ -414,7 +406,7 @@ def _context() -> multiprocessing.context.BaseContext:
         _CONTEXT = multiprocessing.get_context("forkserver")
         # What this module imports (torch, above all), not this module itself: a child started from
         # `python -m ncalab.tools.bench` runs it as its main module, which runpy refuses to find imported already.
-        _CONTEXT.set_forkserver_preload(["ncalab.nca", "ncalab.perception", "ncalab.cpu_kernels"])
+        _CONTEXT.set_forkserver_preload(["ncalab.nca", "ncalab.perception"])
     return _CONTEXT
 
 
@@ -500,7 +492,6 @@ def row(spec: Spec, times: list[float], peak: float, peaks: dict[str, float] | N
         "peak_mem_gb": round(peak, 3),
         "checkpoint_every": spec.checkpoint_every,
         "backprop_steps": spec.backprop_steps,
-        "step_ops": spec.step_ops,
         "compile_backend": spec.compile_backend,
         "device": spec.device,
         "repeats": len(times),
@@ -525,11 +516,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=64, help="rollout steps per iteration")
     ap.add_argument("--precision", default="fp32,bf16", help="ncalab variants: fp32,bf16")
     ap.add_argument("--checkpoint-every", default="none", help="ncalab variants, e.g. none,8")
-    ap.add_argument(
-        "--step-ops",
-        default="fused",
-        help="ncalab variants on CPU: fused (the step's C++ kernels), aten (the same passes as plain ATen ops)",
-    )
     ap.add_argument(
         "--compile",
         default="none",
@@ -594,28 +580,16 @@ def cases(args: argparse.Namespace) -> list[tuple[Spec, list[Spec]]]:
                     precision=prec,
                     checkpoint_every=ck,
                     backprop_steps=bp,
-                    step_ops=ops,
                     compile_backend=backend,
                     **common,
                 )
                 for prec in _options(args.precision, str)
                 for ck in _options(args.checkpoint_every, int)
                 for bp in bps
-                for ops in _step_ops(args.step_ops)
                 for backend in _options(args.compile, str)
             ]
             groups.append((base, variants))
     return groups
-
-
-STEP_OPS = ("fused", "aten")
-
-
-def _step_ops(text: str) -> list[str]:
-    ops = [t.strip() for t in text.split(",") if t.strip()]
-    if not ops or any(o not in STEP_OPS for o in ops):
-        raise SystemExit(f"--step-ops {text!r}: accepted: {', '.join(STEP_OPS)} (comma-separated)")
-    return ops
 
 
 def print_row(r: dict, as_json: bool) -> None:
@@ -625,8 +599,6 @@ def print_row(r: dict, as_json: bool) -> None:
     extra = []
     if r["checkpoint_every"]:
         extra.append(f"ckpt={r['checkpoint_every']}")
-    if r.get("impl") == "ncalab" and r.get("step_ops", "fused") != "fused":
-        extra.append(r["step_ops"])
     if r.get("compile_backend"):
         extra.append(f"compile={r['compile_backend']}")
     if r["backprop_steps"]:
