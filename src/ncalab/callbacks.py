@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -305,6 +304,8 @@ class RunEvaluation(L.Callback):
         self.summary: dict = {}
         self._start = time.perf_counter()
         self._start_step = 0
+        self._device = torch.device("cpu")
+        self._peak_counted = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -316,7 +317,7 @@ class RunEvaluation(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         elapsed = time.perf_counter() - self._start
         steps_run = trainer.global_step - self._start_step
-        peak = memory.peak_gb(self._device) if getattr(self, "_peak_counted", False) else None
+        peak = memory.peak_gb(self._device) if self._peak_counted else None
         nca = pl_module.nca
         target = trainer.datamodule.target
         measured = measure_nca(nca, target, **self.kwargs)
@@ -354,7 +355,7 @@ class RunEvaluation(L.Callback):
             "regrown_wide": result["regeneration"]["regrown_wide"],
             "wall_time_s": elapsed,
             "s_per_iter": elapsed / steps_run if steps_run else None,
-            "peak_memory_gb": round(peak, 3) if peak is not None and math.isfinite(peak) else None,
+            "peak_memory_gb": round(peak, 3) if peak is not None else None,
             "parameters": sum(p.numel() for p in nca.parameters() if p.requires_grad),
             "grid": [int(h), int(w)],
             "render": nca.render.name,

@@ -34,10 +34,10 @@ def reset_peak(device: torch.device | str) -> bool:
     return _rss_peak_kb() is not None
 
 
-def peak_gb(device: torch.device | str) -> float:
-    """The peak since :func:`reset_peak`, in GiB: CUDA, torch's allocations; CPU, the whole process's resident
-    set (Python and torch included)."""
+def peak_gb(device: torch.device | str) -> float | None:
+    """The peak since :func:`reset_peak` (or since the process started), in GiB: CUDA, torch's allocations; CPU,
+    the whole process's resident set (Python and torch included); ``None`` where this system does not say."""
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     kb = _rss_peak_kb()
-    return kb / 2**20 if kb is not None else float("nan")
+    return kb / 2**20 if kb is not None else None

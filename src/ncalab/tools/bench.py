@@ -52,6 +52,7 @@ from ncalab.perception import (
     MultiScalePerception,
     Perception,
 )
+from ncalab.runs import memory
 from ncalab.runs.allocator import keep_heap
 
 CHANNELS = 16
@@ -352,12 +353,9 @@ def build(spec: Spec):
 
 
 def peak_memory_gb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**30
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
+    peak = memory.peak_gb(device)  # this worker's whole life: it was forked to run one implementation
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
