@@ -27,11 +27,13 @@ $(STAMP): pyproject.toml
 train: install ## train the quickstart (small built-in target, < 10 min on a 2-core CPU)
 	$(PY) train.py experiment=quickstart $(ARGS)
 
-# One pytest-xdist worker per core; the tests of a file stay in one worker (its module-scoped runs are built once).
+# One pytest-xdist worker per core. worksteal: each worker starts with half of the tests in order and takes over
+# half of what another still has when it runs out, so a few long scenarios do not leave one worker running alone
+# at the end (a module-scoped run may then be built in both workers).
 TEST_WORKERS ?= auto
 
 test: install ## run the test suite (every test, one worker per core)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 test-fast: install ## the unit tests only (tests/unit/; the scenarios of tests/scenarios/ are left out), one worker per core
 	$(PY) -m pytest -n $(TEST_WORKERS) tests/unit $(ARGS)

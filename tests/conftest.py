@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from typing import TYPE_CHECKING
 
-from ncalab.runs.supervision import available_cores
+import pytest
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+# torch, Hydra and ncalab are imported where they are used, not here: pytest-xdist's controlling process loads this
+# file too, and runs no test (its workers import them while collecting, in parallel).
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -24,6 +25,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # share of the cores, not a thread per core each (OpenMP's spin-waiting then slows every process many times over).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
+    import torch
+
+    from ncalab.runs.supervision import available_cores
+
     _SHARE = max(1, available_cores() // _WORKERS)
     os.environ.setdefault("OMP_NUM_THREADS", str(_SHARE))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -31,6 +36,8 @@ if _WORKERS > 1:
 
 def make_cfg(output_dir: Path, *overrides: str) -> DictConfig:
     """The training config for ``overrides``, writing into ``output_dir`` (no Hydra run directory)."""
+    from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         return compose(config_name="train", overrides=[f"output_dir={output_dir}", *overrides])
 
@@ -93,6 +100,11 @@ def home(monkeypatch, tmp_path) -> Path:
 @pytest.fixture
 def under_hydra():
     """Make this process look like one job of a multirun with the given launcher overrides."""
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
 
     def _set(*overrides: str) -> None:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):

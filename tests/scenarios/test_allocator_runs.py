@@ -1,16 +1,17 @@
 """glibc's allocator setting (``ncalab.runs.allocator``): applied by the entry points that train or bench, switchable
-off, and never by ``import ncalab``. Each check runs in a fresh process: the setting lasts for the process."""
+off, and never by ``import ncalab``. Each check runs in a process of its own (the setting lasts for the process),
+forked from the test runner's warm server (``warm``), which has imported ncalab's modules and set nothing."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import subprocess
 import sys
 import textwrap
 
 import pytest
+import warm
 from conftest import CONF
 
 pytestmark = pytest.mark.skipif(
@@ -46,10 +47,9 @@ seen = {}
 def run_probe(body: str, tmp_path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "NCALAB_KEEP_HEAP"}
     env.update(WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    script = PROBE + textwrap.dedent(body) + "\nprint(json.dumps(seen))\n"
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE + textwrap.dedent(body) + "\nprint(json.dumps(seen))\n")
+    proc = warm.run([sys.executable, str(script)], cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
