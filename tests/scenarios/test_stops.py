@@ -123,8 +123,10 @@ STARTERS = {
     "subprocess": "from warm import dies_with_the_tests\n"
     "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
     " preexec_fn=dies_with_the_tests)\n",
-    # forked from the warm server, as the tests of train.py and the tools start them (warm.py)
+    # forked from the warm server, as the tests of train.py and the tools start them (warm.py); a server that
+    # preloads nothing: what it imports plays no part in its children's death, and importing costs seconds
     "warm": "import warm\n"
+    "warm._CTX.set_forkserver_preload([])\n"
     "open('sleep.py', 'w').write('import time; time.sleep(120)')\n"
     "child = warm.start([sys.executable, 'sleep.py'], cwd='.')\n",
 }
