@@ -82,7 +82,6 @@ def test_interleaved_variants_are_timed_in_turns_and_compared_with_the_first():
         ("ncalab", "fp32"),
         ("ncalab", "bf16"),
     ]
-
     assert all(r["repeats"] == 3 and r["s_per_iter"] > 0 for r in rows)
     assert rows[0]["vs_first"] == 1.0
     for r in rows[1:]:
